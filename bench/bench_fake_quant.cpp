@@ -1,0 +1,230 @@
+// Fake-quant throughput on CPU (and CUDA when present): qat's kernels, ATen's
+// fake-quant ops and a plain copy of the same bytes, measured in one run,
+// printed as a Markdown table with ratios.
+//
+//   bench_fake_quant [--rows 4096] [--cols 4096] [--reps 15] [--device
+//   cpu|cuda]
+//
+// Per-channel is int8 along axis 0; per-group is int4 with groups of 128 along
+// the last axis (ATen has no per-group op: it runs as per-channel over the
+// [rows * cols / 128, 128] view, the usual way to emulate groups with
+// torch.ao). Backward is grad * mask from the forward's mask.
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace {
+
+struct Args {
+  int64_t rows = 4096, cols = 4096, reps = 15;
+  std::string device = "cpu";
+  bool fresh_pages = false;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string key = argv[i], value = argv[i + 1];
+    if (key == "--rows")
+      a.rows = std::stoll(value);
+    else if (key == "--cols")
+      a.cols = std::stoll(value);
+    else if (key == "--reps")
+      a.reps = std::stoll(value);
+    else if (key == "--device")
+      a.device = value;
+    else if (key == "--fresh-pages")
+      a.fresh_pages = value == "1";
+    else {
+      std::fprintf(
+          stderr,
+          "unknown argument %s\nusage: %s [--rows N] [--cols N] [--reps N] "
+          "[--device cpu|cuda] [--fresh-pages 0|1]\n",
+          argv[i],
+          argv[0]);
+      std::exit(2);
+    }
+  }
+  return a;
+}
+
+// Median wall time of `reps` runs after two warm-ups, in milliseconds.
+double time_ms(const std::function<void()>& fn, int64_t reps, bool cuda) {
+  auto sync = [&] {
+    if (cuda)
+      torch::cuda::synchronize();
+  };
+  fn();
+  fn();
+  sync();
+  std::vector<double> samples;
+  for (int64_t i = 0; i < reps; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    sync();
+    samples.push_back(std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - start)
+                          .count());
+  }
+  std::nth_element(
+      samples.begin(), samples.begin() + samples.size() / 2, samples.end());
+  return samples[samples.size() / 2];
+}
+
+struct Row {
+  std::string name;
+  double ours_ms, aten_ms, copy_ms;
+  double bytes; // moved by one call of ours / ATen's op
+};
+
+void print(const std::vector<Row>& rows) {
+  std::printf(
+      "| case | qat ms | ATen ms | copy ms | qat GB/s | copy GB/s | qat vs ATen | qat / copy bandwidth |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    const double ours_bw = r.bytes / r.ours_ms / 1e6;
+    // The copy moves (reads and writes) the input's bytes: 2 * numel * element
+    // size.
+    const double copy_bw = r.bytes / r.copy_ms / 1e6;
+    std::printf(
+        "| %s | %.2f | %.2f | %.2f | %.1f | %.1f | %.2fx | %.0f%% |\n",
+        r.name.c_str(),
+        r.ours_ms,
+        r.aten_ms,
+        r.copy_ms,
+        ours_bw,
+        copy_bw,
+        r.aten_ms / r.ours_ms,
+        100.0 * ours_bw / copy_bw);
+  }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse(argc, argv);
+  if (!args.fresh_pages) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TOP_PAD, 256 << 20);
+  }
+  const bool cuda = args.device == "cuda";
+  if (cuda && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "--device cuda: no CUDA device available\n");
+    return 1;
+  }
+  const torch::Device device =
+      cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  std::printf(
+      "fake-quant benchmark: %lld x %lld, %s, %d threads, median of %lld\n\n",
+      static_cast<long long>(args.rows),
+      static_cast<long long>(args.cols),
+      cuda ? "CUDA" : "CPU",
+      at::get_num_threads(),
+      static_cast<long long>(args.reps));
+
+  constexpr int64_t kGroup = 128;
+  std::vector<Row> rows;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    const char* type_name = dtype == torch::kFloat ? "fp32" : "bf16";
+    torch::manual_seed(0);
+    const auto opts = torch::TensorOptions().device(device);
+    const auto x = torch::randn({args.rows, args.cols}, opts).to(dtype);
+    const auto dy = torch::randn({args.rows, args.cols}, opts).to(dtype);
+    const double n = static_cast<double>(x.numel()),
+                 elem = static_cast<double>(x.element_size());
+    auto y = torch::empty_like(x);
+    auto copy = [&] { y.copy_(x); };
+    // Bytes that the op itself moves: forward reads x, writes y and the 1-byte
+    // mask.
+    const double fwd_bytes = n * (2 * elem + 1), bwd_bytes = n * (2 * elem + 1);
+    const double copy_ms = time_ms(copy, args.reps, cuda);
+    // The copy's bandwidth is measured on 2 * elem bytes per element; rescale
+    // its time so both columns are bandwidths of the same byte count.
+    const double copy_ms_fwd = copy_ms * fwd_bytes / (2 * elem * n);
+
+    // Per channel, int8, axis 0.
+    const auto scale_c =
+        (x.to(torch::kFloat).abs().amax(1) / 127).clamp_min(1e-8);
+    const auto zp_c = torch::zeros({args.rows}, opts.dtype(torch::kInt));
+    const double ours_c = time_ms(
+        [&] {
+          qat::ops::fake_quant_affine_cachemask(
+              x, scale_c, zp_c, 0, 0, -128, 127);
+        },
+        args.reps,
+        cuda);
+    const double aten_c = time_ms(
+        [&] {
+          at::fake_quantize_per_channel_affine_cachemask(
+              x, scale_c, zp_c, 0, -128, 127);
+        },
+        args.reps,
+        cuda);
+    rows.push_back(
+        {std::string("per-channel int8 fwd+mask ") + type_name,
+         ours_c,
+         aten_c,
+         copy_ms_fwd,
+         fwd_bytes});
+
+    // Per group of 128, int4, last axis.
+    const auto scale_g =
+        (x.to(torch::kFloat).abs().reshape({args.rows, -1, kGroup}).amax(-1) /
+         7)
+            .clamp_min(1e-8);
+    const auto zp_g = torch::zeros_like(scale_g, torch::kInt);
+    const auto x_groups = x.reshape({-1, kGroup});
+    const auto scale_rows = scale_g.reshape({-1}), zp_rows = zp_g.reshape({-1});
+    const double ours_g = time_ms(
+        [&] {
+          qat::ops::fake_quant_affine_cachemask(
+              x, scale_g, zp_g, -1, kGroup, -8, 7);
+        },
+        args.reps,
+        cuda);
+    const double aten_g = time_ms(
+        [&] {
+          at::fake_quantize_per_channel_affine_cachemask(
+              x_groups, scale_rows, zp_rows, 0, -8, 7);
+        },
+        args.reps,
+        cuda);
+    rows.push_back(
+        {std::string("per-group(128) int4 fwd+mask ") + type_name,
+         ours_g,
+         aten_g,
+         copy_ms_fwd,
+         fwd_bytes});
+
+    // Backward: grad * mask (ATen's cachemask backward is exactly dY * mask).
+    const auto mask = std::get<1>(qat::ops::fake_quant_affine_cachemask(
+        x, scale_c, zp_c, 0, 0, -128, 127));
+    const double ours_b =
+        time_ms([&] { qat::ops::mask_backward(dy, mask); }, args.reps, cuda);
+    const double aten_b = time_ms(
+        [&] {
+          at::fake_quantize_per_tensor_affine_cachemask_backward(dy, mask);
+        },
+        args.reps,
+        cuda);
+    rows.push_back(
+        {std::string("backward grad*mask ") + type_name,
+         ours_b,
+         aten_b,
+         copy_ms_fwd,
+         bwd_bytes});
+  }
+  print(rows);
+  return 0;
+}

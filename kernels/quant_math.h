@@ -1,0 +1,315 @@
+// Scalar quantization formulas shared by host and device code. No Torch, no
+// allocation: every kernel in kernels/ref and kernels/cuda is a loop around
+// these functions, so a number computed on the CPU and on the GPU goes through
+// the same arithmetic.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define QAT_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define QAT_HOST_DEVICE inline
+#endif
+
+// The kernels in kernels/ref are compiled once per instruction set (see
+// fake_quant_fast.cpp). Each build puts these inline functions in its own
+// inline namespace (QAT_KERNELS_ABI), so the linker can never merge an AVX-512
+// copy into code meant for any x86-64 CPU.
+#ifndef QAT_KERNELS_ABI
+#define QAT_KERNELS_ABI abi_generic
+#endif
+
+namespace qat::kernels {
+
+// bfloat16 storage: the upper half of an IEEE float, with the layout of
+// c10::BFloat16.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+enum class Fp8Format : int { e4m3fn = 0, e5m2 = 1 };
+
+// Results of one element.
+struct AffineQuantized {
+  float value;
+  bool in_range;
+};
+
+struct LsqGrad {
+  float dx;
+  float dscale;
+  float dzero_point;
+};
+
+inline namespace QAT_KERNELS_ABI {
+
+QAT_HOST_DEVICE uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+
+QAT_HOST_DEVICE float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16 conversion. From float it rounds to nearest even and turns every NaN
+// into the quiet NaN 0x7FC0, exactly as c10::BFloat16 does.
+// ---------------------------------------------------------------------------------------------
+
+QAT_HOST_DEVICE float to_float(float x) {
+  return x;
+}
+QAT_HOST_DEVICE float to_float(BFloat16 x) {
+  return bits_float(uint32_t{x.bits} << 16);
+}
+
+QAT_HOST_DEVICE uint16_t bf16_bits_from_float(float x) {
+  const uint32_t u = float_bits(x);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return x != x ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
+template <typename T>
+QAT_HOST_DEVICE T from_float(float x);
+template <>
+QAT_HOST_DEVICE float from_float<float>(float x) {
+  return x;
+}
+template <>
+QAT_HOST_DEVICE BFloat16 from_float<BFloat16>(float x) {
+  return BFloat16{bf16_bits_from_float(x)};
+}
+
+// Round half to even under the default rounding mode, as std::nearbyint and
+// CUDA's rintf do. |x| >= 2^23 is already an integer; below that, adding and
+// subtracting 2^23 (with the sign of x) leaves the float unit to round: the
+// same result as nearbyint, but a plain add that the auto-vectoriser turns into
+// SIMD where nearbyint would be a libm call per element.
+QAT_HOST_DEVICE float round_half_even(float x) {
+#if defined(__CUDA_ARCH__)
+  return rintf(x);
+#else
+  constexpr float kTwo23 = 8388608.0f;
+  const uint32_t sign = float_bits(x) & 0x80000000u;
+  const float magnitude = bits_float(float_bits(x) & 0x7FFFFFFFu);
+  const float shift = x < 0.0f ? -kTwo23 : kTwo23;
+  // The sign is put back so that -0.4 rounds to -0.0, as nearbyint does.
+  const float rounded = bits_float(float_bits((x + shift) - shift) | sign);
+  return magnitude < kTwo23 ? rounded : x;
+#endif
+}
+
+// Rounds y = x * inv_scale to its code, half to even, inside the fake-quant
+// formulas. |y| > 2^22 is clamped to 2^22 first: such values lie far outside
+// every code range (the op layer keeps |qmin|, |qmax|, |zero_point| <= 2^16),
+// so neither the result nor the mask changes, and what is left rounds with one
+// add and one subtract of 1.5 * 2^23, where the float spacing is exactly 1.
+// NaN passes through. On the device rintf is one instruction already.
+QAT_HOST_DEVICE float round_code(float y) {
+#if defined(__CUDA_ARCH__)
+  return rintf(y);
+#else
+  constexpr float kTwo22 = 4194304.0f;
+  constexpr float kMagic = 12582912.0f;
+  y = y < -kTwo22 ? -kTwo22 : y;
+  y = y > kTwo22 ? kTwo22 : y;
+  return (y + kMagic) - kMagic;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integer affine fake-quant, with the float arithmetic of ATen's
+// fake_quantize_per_tensor_affine (inv_scale = 1.0f / scale):
+//
+//   q  = zero_point + round_half_even(x * inv_scale)
+//   x' = (clamp(q, qmin, qmax) - zero_point) * scale
+//   mask = qmin <= q <= qmax      (where false, the straight-through gradient
+//                                  is zero)
+//
+// NaN propagates (x' = NaN, mask = 0) so that a diverging run stays visible;
+// ATen maps NaN to qmin. +-inf and huge values saturate with mask 0.
+// ---------------------------------------------------------------------------------------------
+QAT_HOST_DEVICE AffineQuantized fake_quant_affine(
+    float x,
+    float scale,
+    float inv_scale,
+    int32_t zero_point,
+    int32_t qmin,
+    int32_t qmax) {
+  const float zp = static_cast<float>(zero_point);
+  const float lo = static_cast<float>(qmin);
+  const float hi = static_cast<float>(qmax);
+  const float q = zp + round_code(x * inv_scale);
+  // Written as ternaries in this order so that NaN falls through both and
+  // propagates.
+  float clamped = q < lo ? lo : q;
+  clamped = clamped > hi ? hi : clamped;
+  return {(clamped - zp) * scale, q >= lo && q <= hi};
+}
+
+// The integer code itself (for convert/export): clamp(zero_point + round(x *
+// inv_scale)).
+QAT_HOST_DEVICE int32_t quantize_affine(
+    float x,
+    float inv_scale,
+    int32_t zero_point,
+    int32_t qmin,
+    int32_t qmax) {
+  const float q =
+      static_cast<float>(zero_point) + round_half_even(x * inv_scale);
+  if (!(q >= static_cast<float>(qmin)))
+    return qmin; // also NaN
+  if (q > static_cast<float>(qmax))
+    return qmax;
+  return static_cast<int32_t>(q);
+}
+
+// LSQ / LSQ+ gradients of one element (Esser et al. 2020; Bhalgat et al. 2020),
+// with the float operations in the order of ATen's
+// fake_quantize_learnable_*_grad kernels so each term is bit-identical. With q
+// = zero_point + round(x / s) and x' = (clamp(q) - zero_point) * s:
+//   dx           = dy                          if qmin <= q <= qmax, else 0
+//   dscale       = dy * (x' - x) / s           if qmin <= q <= qmax
+//                = dy * (qmin - zero_point)    if q < qmin
+//                = dy * (qmax - zero_point)    if q > qmax
+//   dzero_point  = 0                           if qmin <= q <= qmax, else -dy *
+//   s
+// both parameter gradients times grad_factor (LSQ's 1 / sqrt(numel * qmax), or
+// 1). A NaN x counts as above the range. ATen rounds `zero_point + x *
+// inv_scale` here while its forward rounds `x * inv_scale` and then adds; this
+// uses the forward's rule so the gradient mask always equals the forward mask
+// (they differ only on exact .5 ties with an odd zero point).
+QAT_HOST_DEVICE LsqGrad lsq_grad(
+    float x,
+    float dy,
+    float scale,
+    float inv_scale,
+    int32_t zero_point,
+    int32_t qmin,
+    int32_t qmax,
+    float grad_factor) {
+  const float zp = static_cast<float>(zero_point);
+  const float lo = static_cast<float>(qmin);
+  const float hi = static_cast<float>(qmax);
+  const float q = zp + round_code(x * inv_scale);
+  if (q >= lo && q <= hi) {
+    const float x_fq = (q - zp) * scale;
+    return {dy, dy * (x_fq - x) * inv_scale * grad_factor, 0.0f};
+  }
+  const float edge = q < lo ? lo - zp : hi - zp;
+  return {dy * 0.0f, dy * edge * grad_factor, dy * -1.0f * scale * grad_factor};
+}
+
+// ---------------------------------------------------------------------------------------------
+// FP8. Two formats of the OCP FP8 spec, as c10::Float8_e4m3fn and
+// c10::Float8_e5m2:
+//   e4m3fn: bias 7, no infinities, 0x7F/0xFF are NaN, largest finite 448
+//   e5m2:   bias 15, IEEE-like, 0x7C is inf, largest finite 57344
+// Encoding saturates (|x| > max gives +-max, inf gives +-max) and rounds to
+// nearest even; in range it is bit-identical to the c10 casts. NaN encodes to
+// the format's NaN.
+// ---------------------------------------------------------------------------------------------
+template <Fp8Format F>
+struct Fp8Traits;
+template <>
+struct Fp8Traits<Fp8Format::e4m3fn> {
+  static constexpr int kExponentBits = 4, kMantissaBits = 3, kBias = 7;
+  static constexpr float kMax = 448.0f;
+  static constexpr uint8_t kNaN = 0x7F;
+};
+template <>
+struct Fp8Traits<Fp8Format::e5m2> {
+  static constexpr int kExponentBits = 5, kMantissaBits = 2, kBias = 15;
+  static constexpr float kMax = 57344.0f;
+  static constexpr uint8_t kNaN = 0x7F;
+};
+
+template <Fp8Format F>
+QAT_HOST_DEVICE uint8_t fp8_encode(float x) {
+  using Tr = Fp8Traits<F>;
+  constexpr int kShift = 23 - Tr::kMantissaBits;
+  // Smallest normal of the format, as float bits: exponent field 1.
+  constexpr uint32_t kMinNormalBits = uint32_t(127 - Tr::kBias + 1) << 23;
+  if (x != x)
+    return Tr::kNaN;
+  const uint32_t sign = (float_bits(x) >> 24) & 0x80u;
+  float magnitude =
+      bits_float(float_bits(x) & 0x7FFFFFFFu); // also right for -0.0
+  magnitude =
+      magnitude > Tr::kMax ? Tr::kMax : magnitude; // saturate, inf included
+  const uint32_t a = float_bits(magnitude);
+  uint32_t code;
+  if (a >= kMinNormalBits) {
+    // Round the 23-bit mantissa to kMantissaBits, half to even; a carry moves
+    // into the exponent, which is right, and cannot pass kMax because kMax is
+    // representable.
+    const uint32_t rounded =
+        (a + ((1u << (kShift - 1)) - 1u) + ((a >> kShift) & 1u)) >> kShift;
+    code = rounded - (uint32_t(127 - Tr::kBias) << Tr::kMantissaBits);
+  } else {
+    // Subnormal range: count units of the smallest subnormal 2^(1 - bias - M);
+    // scaling by a power of two is exact, and a result of 2^M is the smallest
+    // normal's code, also right.
+    constexpr float kInvSubnormalUnit =
+        float(1u << (Tr::kBias - 1 + Tr::kMantissaBits));
+    code =
+        static_cast<uint32_t>(round_half_even(magnitude * kInvSubnormalUnit));
+  }
+  return static_cast<uint8_t>(sign | code);
+}
+
+template <Fp8Format F>
+QAT_HOST_DEVICE float fp8_decode(uint8_t code) {
+  using Tr = Fp8Traits<F>;
+  constexpr uint32_t kMantissaMask = (1u << Tr::kMantissaBits) - 1u;
+  constexpr uint32_t kExponentMax = (1u << Tr::kExponentBits) - 1u;
+  const uint32_t sign = uint32_t(code & 0x80u) << 24;
+  const uint32_t exponent = (code >> Tr::kMantissaBits) & kExponentMax;
+  const uint32_t mantissa = code & kMantissaMask;
+  if constexpr (F == Fp8Format::e4m3fn) {
+    if ((code & 0x7Fu) == 0x7Fu)
+      return bits_float(0x7FC00000u | sign);
+  } else {
+    if (exponent == kExponentMax)
+      return bits_float((mantissa ? 0x7FC00000u : 0x7F800000u) | sign);
+  }
+  if (exponent == 0) {
+    constexpr float kSubnormalUnit =
+        1.0f / float(1u << (Tr::kBias - 1 + Tr::kMantissaBits));
+    const float magnitude = static_cast<float>(mantissa) * kSubnormalUnit;
+    return sign ? -magnitude : magnitude;
+  }
+  return bits_float(
+      sign | ((exponent + 127u - Tr::kBias) << 23) |
+      (mantissa << (23 - Tr::kMantissaBits)));
+}
+
+// FP8 fake-quant with a scale: x' = decode(encode(x / scale)) * scale. The mask
+// is |x / scale| <= max: saturated values get no straight-through gradient. NaN
+// propagates.
+template <Fp8Format F>
+QAT_HOST_DEVICE AffineQuantized fake_quant_fp8(float x, float scale) {
+  const float scaled = x / scale;
+  const float magnitude = scaled < 0.0f ? -scaled : scaled;
+  return {
+      fp8_decode<F>(fp8_encode<F>(scaled)) * scale,
+      magnitude <= Fp8Traits<F>::kMax};
+}
+
+} // namespace QAT_KERNELS_ABI
+} // namespace qat::kernels

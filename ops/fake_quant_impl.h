@@ -1,0 +1,263 @@
+// The backend ops, written once: check and lay out the arguments
+// (ops/internal.h), allocate, run the device's kernels, restore the caller's
+// layout. A device supplies a policy:
+//
+//   struct Device {
+//     static constexpr bool kCheckValues;   // read scale / zero point values
+//     (not on CUDA) using Guard;                          // constructed from
+//     the input's device template <class T> static void affine(const T* x, T*
+//     y, uint8_t* mask, const RowLayout&,
+//                                           const AffineParams&);
+//     template <class T> static void fp8(const T* x, T* y, uint8_t* mask, const
+//     RowLayout&,
+//                                        const float* scale, Fp8Format);
+//     template <class T> static void mask_backward(const T* dy, const uint8_t*
+//     mask, T* dx,
+//                                                  int64_t n);
+//     template <class T> static void lsq_backward(const T* x, const T* dy, T*
+//     dx,
+//                                                 double* dscale_rows, double*
+//                                                 dzp_rows, const RowLayout&,
+//                                                 const AffineParams&, float);
+//     // Row sums [rows] (double) -> parameter sums [period] (float).
+//     static at::Tensor rows_to_params(const at::Tensor& rows, int64_t period);
+//   };
+//
+// and registers FakeQuantOps<Device>::register_impls in its TORCH_LIBRARY_IMPL
+// block.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "ops/internal.h"
+
+namespace qat::ops::detail {
+
+template <class Device>
+struct FakeQuantOps {
+  static std::tuple<at::Tensor, at::Tensor> affine_forward(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      const at::Tensor& zero_point,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      int64_t quant_min,
+      int64_t quant_max,
+      bool with_mask) {
+    constexpr std::string_view op = "qat::fake_quant_affine";
+    check_quant_range(op, quant_min, quant_max);
+    const typename Device::Guard guard(input.device());
+    const Prepared p = prepare(op, input, scale, zero_point, axis, group_size);
+    if constexpr (Device::kCheckValues) {
+      check_param_values(op, p, quant_min, quant_max);
+    }
+    at::Tensor output = at::empty_like(p.input);
+    at::Tensor mask = empty_mask_like(p.input, with_mask);
+    dispatch_float_types(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::affine(
+          data_as<T>(p.input),
+          data_as<T>(output),
+          with_mask ? data_as<uint8_t>(mask) : nullptr,
+          p.layout,
+          affine_params(p, quant_min, quant_max));
+    });
+    return {p.restore(output), with_mask ? p.restore(mask) : mask};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> fp8_forward(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      c10::string_view format,
+      bool with_mask) {
+    constexpr std::string_view op = "qat::fake_quant_fp8";
+    const kernels::Fp8Format fmt = parse_fp8_format(op, format);
+    const typename Device::Guard guard(input.device());
+    const Prepared p =
+        prepare(op, input, scale, at::Tensor(), axis, group_size);
+    if constexpr (Device::kCheckValues) {
+      check_param_values(op, p, 0, 0);
+    }
+    at::Tensor output = at::empty_like(p.input);
+    at::Tensor mask = empty_mask_like(p.input, with_mask);
+    dispatch_float_types(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::fp8(
+          data_as<T>(p.input),
+          data_as<T>(output),
+          with_mask ? data_as<uint8_t>(mask) : nullptr,
+          p.layout,
+          p.scale.template const_data_ptr<float>(),
+          fmt);
+    });
+    return {p.restore(output), with_mask ? p.restore(mask) : mask};
+  }
+
+  static at::Tensor affine(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      const at::Tensor& zero_point,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      int64_t quant_min,
+      int64_t quant_max) {
+    return std::get<0>(affine_forward(
+        input,
+        scale,
+        zero_point,
+        axis,
+        group_size,
+        quant_min,
+        quant_max,
+        /*with_mask=*/false));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> affine_cachemask(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      const at::Tensor& zero_point,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      int64_t quant_min,
+      int64_t quant_max) {
+    return affine_forward(
+        input,
+        scale,
+        zero_point,
+        axis,
+        group_size,
+        quant_min,
+        quant_max,
+        /*with_mask=*/true);
+  }
+
+  static at::Tensor fp8(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      c10::string_view format) {
+    return std::get<0>(
+        fp8_forward(input, scale, axis, group_size, format, false));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> fp8_cachemask(
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      c10::string_view format) {
+    return fp8_forward(input, scale, axis, group_size, format, true);
+  }
+
+  static at::Tensor mask_backward(
+      const at::Tensor& grad,
+      const at::Tensor& mask) {
+    constexpr std::string_view op = "qat::mask_backward";
+    TORCH_CHECK(
+        mask.scalar_type() == at::kBool,
+        op,
+        ": mask must be bool, got ",
+        mask.scalar_type());
+    TORCH_CHECK(
+        grad.sizes() == mask.sizes(),
+        op,
+        ": grad has shape ",
+        grad.sizes(),
+        " but mask has shape ",
+        mask.sizes());
+    TORCH_CHECK(
+        grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16,
+        op,
+        ": grad must be float32 or bfloat16, got ",
+        grad.scalar_type());
+    const typename Device::Guard guard(grad.device());
+    const at::Tensor dy = grad.contiguous();
+    const at::Tensor keep = mask.contiguous();
+    at::Tensor dx = at::empty_like(dy);
+    dispatch_float_types(dy.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::mask_backward(
+          data_as<T>(dy), data_as<uint8_t>(keep), data_as<T>(dx), dy.numel());
+    });
+    return dx;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> lsq_backward(
+      const at::Tensor& grad,
+      const at::Tensor& input,
+      const at::Tensor& scale,
+      const at::Tensor& zero_point,
+      std::optional<int64_t> axis,
+      int64_t group_size,
+      int64_t quant_min,
+      int64_t quant_max,
+      double grad_factor) {
+    constexpr std::string_view op = "qat::fake_quant_lsq_backward";
+    check_quant_range(op, quant_min, quant_max);
+    TORCH_CHECK(
+        grad.sizes() == input.sizes(),
+        op,
+        ": grad has shape ",
+        grad.sizes(),
+        " but input has shape ",
+        input.sizes());
+    TORCH_CHECK(
+        grad.scalar_type() == input.scalar_type(),
+        op,
+        ": grad is ",
+        grad.scalar_type(),
+        " but input is ",
+        input.scalar_type());
+    const typename Device::Guard guard(input.device());
+    const at::Tensor zp_int =
+        round_zero_point(zero_point, quant_min, quant_max);
+    const Prepared p = prepare(op, input, scale, zp_int, axis, group_size);
+    if constexpr (Device::kCheckValues) {
+      check_param_values(op, p, quant_min, quant_max);
+    }
+    const at::Tensor dy = p.moved_axis
+        ? grad.movedim(*p.moved_axis, -1).contiguous()
+        : grad.contiguous();
+    at::Tensor dx = at::empty_like(p.input);
+    const auto doubles = p.input.options().dtype(at::kDouble);
+    at::Tensor dscale_rows = at::empty({p.layout.rows}, doubles);
+    at::Tensor dzero_point_rows = at::empty({p.layout.rows}, doubles);
+    dispatch_float_types(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::lsq_backward(
+          data_as<T>(p.input),
+          data_as<T>(dy),
+          data_as<T>(dx),
+          data_as<double>(dscale_rows),
+          data_as<double>(dzero_point_rows),
+          p.layout,
+          affine_params(p, quant_min, quant_max),
+          static_cast<float>(grad_factor));
+    });
+    // Row r feeds parameter r % period; back to the caller's parameter shape.
+    auto to_params = [&](const at::Tensor& rows, const at::Tensor& like) {
+      const at::Tensor sums =
+          Device::rows_to_params(rows, p.layout.param_period);
+      return p.restore(sums.view(p.scale.sizes())).view(like.sizes());
+    };
+    return {
+        p.restore(dx),
+        to_params(dscale_rows, scale),
+        to_params(dzero_point_rows, zero_point)};
+  }
+
+  static void register_impls(torch::Library& m) {
+    m.impl("fake_quant_affine", affine);
+    m.impl("fake_quant_affine_cachemask", affine_cachemask);
+    m.impl("fake_quant_fp8", fp8);
+    m.impl("fake_quant_fp8_cachemask", fp8_cachemask);
+    m.impl("mask_backward", mask_backward);
+    m.impl("fake_quant_lsq_backward", lsq_backward);
+  }
+};
+
+} // namespace qat::ops::detail

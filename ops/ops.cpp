@@ -1,0 +1,162 @@
+// Typed dispatcher handles behind the functions of ops/ops.h.
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "ops/ops.h"
+
+namespace qat::ops {
+namespace {
+
+using Tensor = at::Tensor;
+using OptInt = std::optional<int64_t>;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<Signature>();
+}
+
+} // namespace
+
+Tensor fake_quant_affine(
+    const Tensor& input,
+    const Tensor& scale,
+    const Tensor& zero_point,
+    OptInt axis,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      OptInt,
+      int64_t,
+      int64_t,
+      int64_t)>("qat::fake_quant_affine");
+  return op.call(
+      input, scale, zero_point, axis, group_size, quant_min, quant_max);
+}
+
+std::tuple<Tensor, Tensor> fake_quant_affine_cachemask(
+    const Tensor& input,
+    const Tensor& scale,
+    const Tensor& zero_point,
+    OptInt axis,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor>(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      OptInt,
+      int64_t,
+      int64_t,
+      int64_t)>("qat::fake_quant_affine_cachemask");
+  return op.call(
+      input, scale, zero_point, axis, group_size, quant_min, quant_max);
+}
+
+Tensor fake_quant_fp8(
+    const Tensor& input,
+    const Tensor& scale,
+    OptInt axis,
+    int64_t group_size,
+    std::string_view format) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&, const Tensor&, OptInt, int64_t, c10::string_view)>(
+      "qat::fake_quant_fp8");
+  return op.call(
+      input,
+      scale,
+      axis,
+      group_size,
+      c10::string_view(format.data(), format.size()));
+}
+
+std::tuple<Tensor, Tensor> fake_quant_fp8_cachemask(
+    const Tensor& input,
+    const Tensor& scale,
+    OptInt axis,
+    int64_t group_size,
+    std::string_view format) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor>(
+      const Tensor&, const Tensor&, OptInt, int64_t, c10::string_view)>(
+      "qat::fake_quant_fp8_cachemask");
+  return op.call(
+      input,
+      scale,
+      axis,
+      group_size,
+      c10::string_view(format.data(), format.size()));
+}
+
+Tensor mask_backward(const Tensor& grad, const Tensor& mask) {
+  static const auto op =
+      typed_op<Tensor(const Tensor&, const Tensor&)>("qat::mask_backward");
+  return op.call(grad, mask);
+}
+
+Tensor fake_quant_lsq(
+    const Tensor& input,
+    const Tensor& scale,
+    const Tensor& zero_point,
+    OptInt axis,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      OptInt,
+      int64_t,
+      int64_t,
+      int64_t,
+      double)>("qat::fake_quant_lsq");
+  return op.call(
+      input,
+      scale,
+      zero_point,
+      axis,
+      group_size,
+      quant_min,
+      quant_max,
+      grad_factor);
+}
+
+std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward(
+    const Tensor& grad,
+    const Tensor& input,
+    const Tensor& scale,
+    const Tensor& zero_point,
+    OptInt axis,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      OptInt,
+      int64_t,
+      int64_t,
+      int64_t,
+      double)>("qat::fake_quant_lsq_backward");
+  return op.call(
+      grad,
+      input,
+      scale,
+      zero_point,
+      axis,
+      group_size,
+      quant_min,
+      quant_max,
+      grad_factor);
+}
+
+} // namespace qat::ops

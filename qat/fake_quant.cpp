@@ -1,0 +1,196 @@
+#include "qat/fake_quant.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "ops/ops.h"
+
+namespace qat {
+namespace {
+
+const char* estimator_name(Estimator e) {
+  switch (e) {
+    case Estimator::ste:
+      return "ste";
+    case Estimator::lsq:
+      return "lsq";
+    case Estimator::lsq_plus:
+      return "lsq_plus";
+    case Estimator::pact:
+      return "pact";
+  }
+  return "?";
+}
+
+void check_estimator(const QuantSpec& spec, Estimator estimator) {
+  const auto fail = [&](const std::string& why) {
+    throw std::invalid_argument(
+        std::string("FakeQuantizer(") + spec.to_string() + ", " +
+        estimator_name(estimator) + "): " + why);
+  };
+  if (estimator == Estimator::ste)
+    return;
+  if (spec.is_fp8())
+    fail("learned estimators are for integer formats; use ste for FP8");
+  if (spec.dynamic())
+    fail(
+        "dynamic scales are recomputed from each input, nothing to learn; use ste");
+  if (estimator == Estimator::lsq_plus && spec.symmetric()) {
+    fail(
+        "lsq_plus learns a zero point, which needs an affine (symmetric = false) spec");
+  }
+  if (estimator == Estimator::pact) {
+    if (spec.granularity() != Granularity::per_tensor)
+      fail("pact learns one clip level: per_tensor only");
+    if (spec.is_signed() && !spec.symmetric())
+      fail("signed pact clips to [-alpha, alpha]: needs a symmetric spec");
+  }
+}
+
+} // namespace
+
+FakeQuantizerImpl::FakeQuantizerImpl(FakeQuantizerOptions options)
+    : options_(std::move(options)) {
+  reset();
+}
+
+void FakeQuantizerImpl::reset() {
+  const QuantSpec& spec = options_.spec();
+  spec.validate();
+  check_estimator(spec, options_.estimator());
+  observer_ = register_module("observer", Observer(spec, options_.observer()));
+  const Estimator e = options_.estimator();
+  const bool learned = e == Estimator::lsq || e == Estimator::lsq_plus;
+  const auto zp_dtype = learned ? torch::kFloat : torch::kInt;
+  // Scale and zero point take their real shape at the first observation.
+  scale_ = learned ? register_parameter("scale", torch::ones({1}))
+                   : register_buffer("scale", torch::ones({1}));
+  zero_point_ = e == Estimator::lsq_plus
+      ? register_parameter("zero_point", torch::zeros({1}))
+      : register_buffer("zero_point", torch::zeros({1}, zp_dtype));
+  if (e == Estimator::pact) {
+    pact_alpha_ = register_parameter(
+        "pact_alpha", torch::full({1}, options_.pact_alpha()));
+  }
+  observer_on_ =
+      register_buffer("observer_enabled", torch::ones({1}, torch::kUInt8));
+  fake_quant_on_ =
+      register_buffer("fake_quant_enabled", torch::ones({1}, torch::kUInt8));
+}
+
+void FakeQuantizerImpl::enable_observer(bool on) {
+  observer_on_.fill_(on ? 1 : 0);
+}
+void FakeQuantizerImpl::enable_fake_quant(bool on) {
+  fake_quant_on_.fill_(on ? 1 : 0);
+}
+bool FakeQuantizerImpl::observer_enabled() const {
+  return observer_on_.item<uint8_t>() != 0;
+}
+bool FakeQuantizerImpl::fake_quant_enabled() const {
+  return fake_quant_on_.item<uint8_t>() != 0;
+}
+
+std::vector<torch::Tensor> FakeQuantizerImpl::quantizer_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : named_parameters(/*recurse=*/false))
+    out.push_back(p.value());
+  return out;
+}
+
+void FakeQuantizerImpl::load_qparams(const QParams& q) {
+  torch::NoGradGuard no_grad;
+  scale_.set_data(q.scale.to(scale_.device()));
+  zero_point_.set_data(
+      q.zero_point.to(zero_point_.device(), zero_point_.scalar_type()));
+}
+
+torch::Tensor FakeQuantizerImpl::quantize(
+    const torch::Tensor& x,
+    const torch::Tensor& scale,
+    const torch::Tensor& zero_point) {
+  const QuantSpec& spec = options_.spec();
+  const auto axis = spec.op_axis();
+  const int64_t group_size = spec.op_group_size(x.dim() > 0 ? x.size(-1) : 1);
+  if (spec.is_fp8())
+    return ops::fake_quant_fp8(x, scale, axis, group_size, spec.fp8_name());
+  switch (options_.estimator()) {
+    case Estimator::ste:
+      return ops::fake_quant_affine(
+          x,
+          scale,
+          zero_point,
+          axis,
+          group_size,
+          spec.quant_min(),
+          spec.quant_max());
+    case Estimator::lsq:
+    case Estimator::lsq_plus: {
+      const double per_scale =
+          static_cast<double>(x.numel()) / static_cast<double>(scale.numel());
+      const double grad_factor =
+          1.0 / std::sqrt(per_scale * static_cast<double>(spec.quant_max()));
+      return ops::fake_quant_lsq(
+          x,
+          scale,
+          zero_point,
+          axis,
+          group_size,
+          spec.quant_min(),
+          spec.quant_max(),
+          grad_factor);
+    }
+    case Estimator::pact: {
+      const auto lower =
+          spec.is_signed() ? -pact_alpha_ : torch::zeros_like(pact_alpha_);
+      const auto clipped = torch::clamp(
+          x, lower.to(x.scalar_type()), pact_alpha_.to(x.scalar_type()));
+      const auto pact_scale =
+          (pact_alpha_.detach() / static_cast<double>(spec.quant_max()))
+              .to(torch::kFloat);
+      return ops::fake_quant_affine(
+          clipped,
+          pact_scale,
+          torch::zeros({1}, torch::kInt).to(x.device()),
+          std::nullopt,
+          0,
+          spec.quant_min(),
+          spec.quant_max());
+    }
+  }
+  throw std::logic_error("unknown estimator");
+}
+
+torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
+  const QuantSpec& spec = options_.spec();
+  if (spec.dynamic()) {
+    if (!fake_quant_enabled())
+      return x;
+    torch::Tensor scale, zero_point;
+    {
+      torch::NoGradGuard no_grad;
+      const auto [lo, hi] = torch::aminmax(
+          rows_for_params(x.detach().to(torch::kFloat), spec), 1);
+      const QParams q = qparams_from_range(lo, hi, spec);
+      scale = params_shape(q.scale, x, spec);
+      zero_point = params_shape(q.zero_point, x, spec);
+    }
+    return quantize(x, scale, zero_point);
+  }
+  if (observer_enabled() && options_.estimator() != Estimator::pact) {
+    observer_->observe(x);
+    load_qparams(observer_->qparams());
+  }
+  if (!fake_quant_enabled())
+    return x;
+  return quantize(x, scale_, zero_point_);
+}
+
+void FakeQuantizerImpl::pretty_print(std::ostream& stream) const {
+  stream << "qat::FakeQuantizer(" << options_.spec().to_string()
+         << ", estimator=" << estimator_name(options_.estimator()) << ')';
+}
+
+} // namespace qat

@@ -1,0 +1,148 @@
+#include "qat/spec.h"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace qat {
+namespace {
+
+[[noreturn]] void invalid(const QuantSpec& spec, const std::string& what) {
+  throw std::invalid_argument("QuantSpec " + spec.to_string() + ": " + what);
+}
+
+const char* granularity_name(Granularity g) {
+  switch (g) {
+    case Granularity::per_tensor:
+      return "per_tensor";
+    case Granularity::per_channel:
+      return "per_channel";
+    case Granularity::per_group:
+      return "per_group";
+    case Granularity::per_token:
+      return "per_token";
+  }
+  return "?";
+}
+
+} // namespace
+
+void QuantSpec::validate() const {
+  if (format_ == NumberFormat::int_) {
+    if (bits_ < 2 || bits_ > 8) {
+      invalid(
+          *this,
+          "bits must be in 2..8 for integer formats, got " +
+              std::to_string(bits_));
+    }
+    if (narrow_range_ && !(is_signed_ && symmetric_)) {
+      invalid(*this, "narrow_range applies to signed symmetric formats only");
+    }
+  } else {
+    if (!symmetric_)
+      invalid(
+          *this, "FP8 formats are symmetric (no zero point); set symmetric");
+    if (!is_signed_)
+      invalid(*this, "FP8 formats are signed; set is_signed");
+    if (narrow_range_)
+      invalid(*this, "narrow_range is for integer formats");
+  }
+  if (granularity_ == Granularity::per_group && group_size_ <= 0) {
+    invalid(
+        *this,
+        "per_group needs group_size > 0, got " + std::to_string(group_size_));
+  }
+  if (granularity_ != Granularity::per_group && group_size_ != 0) {
+    invalid(
+        *this,
+        std::string("group_size is only used per_group, but granularity is ") +
+            granularity_name(granularity_));
+  }
+  if (granularity_ == Granularity::per_token && !dynamic_) {
+    invalid(
+        *this, "per_token scales depend on each input's tokens: set dynamic");
+  }
+}
+
+int64_t QuantSpec::quant_min() const {
+  if (is_fp8())
+    return 0;
+  if (!is_signed_)
+    return 0;
+  const int64_t half = int64_t{1} << (bits_ - 1);
+  return narrow_range_ ? -(half - 1) : -half;
+}
+
+int64_t QuantSpec::quant_max() const {
+  if (is_fp8())
+    return 0;
+  return is_signed_ ? (int64_t{1} << (bits_ - 1)) - 1
+                    : (int64_t{1} << bits_) - 1;
+}
+
+double QuantSpec::format_max() const {
+  switch (format_) {
+    case NumberFormat::fp8_e4m3:
+      return 448.0;
+    case NumberFormat::fp8_e5m2:
+      return 57344.0;
+    case NumberFormat::int_:
+      break;
+  }
+  return static_cast<double>(quant_max());
+}
+
+const char* QuantSpec::fp8_name() const {
+  return format_ == NumberFormat::fp8_e5m2 ? "e5m2" : "e4m3fn";
+}
+
+std::optional<int64_t> QuantSpec::op_axis() const {
+  switch (granularity_) {
+    case Granularity::per_tensor:
+      return std::nullopt;
+    case Granularity::per_token:
+      return -1;
+    default:
+      return axis_;
+  }
+}
+
+int64_t QuantSpec::op_group_size(int64_t last_size) const {
+  switch (granularity_) {
+    case Granularity::per_group:
+      return group_size_;
+    case Granularity::per_token:
+      return last_size;
+    default:
+      return 0;
+  }
+}
+
+std::string QuantSpec::to_string() const {
+  std::ostringstream out;
+  if (is_fp8()) {
+    out << "fp8_" << (format_ == NumberFormat::fp8_e4m3 ? "e4m3" : "e5m2");
+  } else {
+    out << (is_signed_ ? "int" : "uint") << bits_
+        << (symmetric_ ? " sym" : " affine")
+        << (narrow_range_ ? " narrow" : "");
+  }
+  out << ' ' << granularity_name(granularity_);
+  if (granularity_ == Granularity::per_channel)
+    out << "(axis=" << axis_ << ')';
+  if (granularity_ == Granularity::per_group) {
+    out << "(axis=" << axis_ << ", group=" << group_size_ << ')';
+  }
+  if (dynamic_)
+    out << " dynamic";
+  return out.str();
+}
+
+bool QuantSpec::operator==(const QuantSpec& o) const {
+  return format_ == o.format_ && bits_ == o.bits_ &&
+      is_signed_ == o.is_signed_ && granularity_ == o.granularity_ &&
+      axis_ == o.axis_ && group_size_ == o.group_size_ &&
+      symmetric_ == o.symmetric_ && narrow_range_ == o.narrow_range_ &&
+      dynamic_ == o.dynamic_;
+}
+
+} // namespace qat

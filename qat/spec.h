@@ -1,0 +1,79 @@
+// QuantSpec: what a quantizer does to one tensor: the number format, the
+// granularity of its scales, and how those scales are found. Validated once,
+// when built from a config.
+//
+// Example:
+//   auto w4 = qat::QuantSpec()
+//                 .format(qat::NumberFormat::int_)
+//                 .bits(4)
+//                 .granularity(qat::Granularity::per_group)
+//                 .axis(-1)
+//                 .group_size(128);
+//   w4.validate();                       // throws std::invalid_argument naming
+//   the bad field w4.quant_min(), w4.quant_max();      // -8, 7
+#pragma once
+
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace qat {
+
+enum class NumberFormat {
+  int_,     // two's-complement or unsigned integer of `bits` bits (2..8)
+  fp8_e4m3, // OCP e4m3fn: max 448, no infinities
+  fp8_e5m2, // OCP e5m2: max 57344
+};
+
+enum class Granularity {
+  per_tensor,  // one scale
+  per_channel, // one scale per index of `axis`
+  per_group,   // one scale per `group_size` consecutive elements along `axis`
+  per_token,   // one scale per row of the last dimension (dynamic activations)
+};
+
+struct QuantSpec {
+  TORCH_ARG(NumberFormat, format) = NumberFormat::int_;
+  TORCH_ARG(int, bits) = 8;
+  TORCH_ARG(bool, is_signed) = true;
+  TORCH_ARG(Granularity, granularity) = Granularity::per_tensor;
+  TORCH_ARG(int64_t, axis) = 0;
+  TORCH_ARG(int64_t, group_size) = 0;
+  // Symmetric: zero point fixed (0 signed, 2^(bits-1) unsigned); affine:
+  // learned from min/max.
+  TORCH_ARG(bool, symmetric) = true;
+  // Signed symmetric only: drop the most negative code, [-(2^(b-1)-1),
+  // 2^(b-1)-1].
+  TORCH_ARG(bool, narrow_range) = false;
+  // Scales computed from every input instead of from calibrated observers.
+  TORCH_ARG(bool, dynamic) = false;
+
+ public:
+  // Throws std::invalid_argument with a message naming the field and the
+  // allowed values.
+  void validate() const;
+
+  bool is_fp8() const {
+    return format_ != NumberFormat::int_;
+  }
+  int64_t quant_min() const;
+  int64_t quant_max() const;
+  // Largest finite magnitude of the format in code units (qmax for integers,
+  // 448/57344 for FP8).
+  double format_max() const;
+  const char* fp8_name() const; // "e4m3fn" / "e5m2"
+
+  // Arguments of the qat ops for a tensor of `dim` dimensions whose last size
+  // is `last_size`.
+  std::optional<int64_t> op_axis() const;
+  int64_t op_group_size(int64_t last_size) const;
+
+  // e.g. "int4 sym per_group(axis=-1, group=128)".
+  std::string to_string() const;
+
+  bool operator==(const QuantSpec& other) const;
+};
+
+} // namespace qat

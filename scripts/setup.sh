@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything qat's build and tests need on a fresh Debian 12 machine with the CUDA 13.0
+# toolkit at /usr/local/cuda. Idempotent: a second run checks and returns in seconds.
+#
+#   QAT_CACHE   cache root (default ~/.cache/qat): wheels/, venv/, data
+#   QAT_VENV    the Python venv holding torch (default $QAT_CACHE/venv)
+#   QAT_PYTHON  interpreter to build the venv from (default python3)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${QAT_CACHE:-$HOME/.cache/qat}
+venv=${QAT_VENV:-$cache/venv}
+python=${QAT_PYTHON:-python3}
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Debian packages -------------------------------------------------------------------------
+apt_packages=(
+  build-essential cmake ninja-build ccache pkg-config python3-venv
+  libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages: all present"
+fi
+
+# --- Python venv with the pinned torch wheel (LibTorch comes from it) ------------------------
+requirements=$here/requirements.txt
+stamp=$venv/.qat-requirements.sha256
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$want" && -x $venv/bin/python ]]; then
+  log "venv $venv: up to date"
+else
+  log "preparing venv $venv"
+  mkdir -p "$cache/wheels"
+  [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+  # Download into our own wheel cache first (a no-op for files already there), then install
+  # offline from it: a re-run or a fresh venv never downloads twice.
+  "$venv/bin/pip" download -q --no-deps -d "$cache/wheels" -r "$requirements"
+  "$venv/bin/pip" install -q --no-index --find-links "$cache/wheels" --no-deps -r "$requirements"
+  echo "$want" >"$stamp"
+fi
+
+# LibTorch must load: a broken install fails here with the loader's message, not in a test.
+"$venv/bin/python" - <<'PY'
+import torch
+assert torch.__version__.startswith("2.11.0"), torch.__version__
+print(f"[setup] torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"GPU available: {torch.cuda.is_available()}")
+PY

@@ -1,0 +1,318 @@
+// QuantSpec validation, observers against hand-computed ranges and qparams, the
+// estimators' gradients against closed forms, and FakeQuantizer's switches and
+// serialization.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "ops/ops.h"
+#include "qat/fake_quant.h"
+#include "qat/observer.h"
+#include "qat/spec.h"
+#include "tests/test_helpers.h"
+
+namespace qat {
+namespace {
+
+using testing::bitwise_equal;
+
+void expect_invalid(const QuantSpec& spec, const std::string& words) {
+  try {
+    spec.validate();
+    ADD_FAILURE() << spec.to_string() << " validated; expected an error about '"
+                  << words << "'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantSpec, CodeRanges) {
+  for (int bits = 2; bits <= 8; ++bits) {
+    const auto s = QuantSpec().bits(bits);
+    EXPECT_EQ(s.quant_min(), -(1 << (bits - 1)));
+    EXPECT_EQ(s.quant_max(), (1 << (bits - 1)) - 1);
+    EXPECT_EQ(
+        QuantSpec().bits(bits).narrow_range(true).quant_min(),
+        -(1 << (bits - 1)) + 1);
+    const auto u = QuantSpec().bits(bits).is_signed(false);
+    EXPECT_EQ(u.quant_min(), 0);
+    EXPECT_EQ(u.quant_max(), (1 << bits) - 1);
+    EXPECT_NO_THROW(s.validate());
+  }
+  EXPECT_EQ(QuantSpec().format(NumberFormat::fp8_e4m3).format_max(), 448.0);
+  EXPECT_EQ(QuantSpec().format(NumberFormat::fp8_e5m2).format_max(), 57344.0);
+}
+
+TEST(QuantSpec, ValidateNamesTheProblem) {
+  expect_invalid(QuantSpec().bits(9), "bits must be in 2..8");
+  expect_invalid(QuantSpec().bits(1), "bits must be in 2..8");
+  expect_invalid(
+      QuantSpec().granularity(Granularity::per_group),
+      "per_group needs group_size > 0");
+  expect_invalid(
+      QuantSpec().group_size(32), "group_size is only used per_group");
+  expect_invalid(
+      QuantSpec().granularity(Granularity::per_token), "set dynamic");
+  expect_invalid(
+      QuantSpec().format(NumberFormat::fp8_e4m3).symmetric(false),
+      "FP8 formats are symmetric");
+  expect_invalid(
+      QuantSpec().is_signed(false).narrow_range(true),
+      "narrow_range applies to signed symmetric");
+  EXPECT_EQ(
+      QuantSpec()
+          .bits(4)
+          .granularity(Granularity::per_group)
+          .axis(-1)
+          .group_size(128)
+          .to_string(),
+      "int4 sym per_group(axis=-1, group=128)");
+}
+
+// torch.ao's rule, computed by hand for x in [-1, 3].
+TEST(Observer, MinMaxQParamsByHand) {
+  const auto x = torch::tensor({-1.0f, 0.5f, 3.0f, 2.0f});
+  Observer affine(QuantSpec().symmetric(false));
+  affine->observe(x);
+  const QParams a = affine->qparams();
+  // scale = (3 - (-1)) / 255; zero point = -128 - round(-1 / scale) = -128 + 64
+  // = -64.
+  EXPECT_FLOAT_EQ(a.scale.item<float>(), 4.0f / 255.0f);
+  EXPECT_EQ(a.zero_point.item<int>(), -64);
+
+  Observer symmetric{QuantSpec()};
+  symmetric->observe(x);
+  EXPECT_FLOAT_EQ(symmetric->qparams().scale.item<float>(), 3.0f / 127.5f);
+  EXPECT_EQ(symmetric->qparams().zero_point.item<int>(), 0);
+
+  Observer unsigned_sym(QuantSpec().is_signed(false));
+  unsigned_sym->observe(x);
+  EXPECT_EQ(unsigned_sym->qparams().zero_point.item<int>(), 128);
+
+  Observer fp8(QuantSpec().format(NumberFormat::fp8_e4m3));
+  fp8->observe(x);
+  EXPECT_FLOAT_EQ(fp8->qparams().scale.item<float>(), 3.0f / 448.0f);
+
+  // Running min / max over batches.
+  affine->observe(torch::tensor({-2.0f, 1.0f}));
+  EXPECT_FLOAT_EQ(affine->min_val().item<float>(), -2.0f);
+  EXPECT_FLOAT_EQ(affine->max_val().item<float>(), 3.0f);
+}
+
+TEST(Observer, PerChannelGroupAndTokenShapes) {
+  const auto w =
+      torch::tensor({{1.0f, -2.0f, 0.5f, 4.0f}, {-0.25f, 0.25f, 8.0f, -1.0f}});
+  Observer channel(QuantSpec().granularity(Granularity::per_channel).axis(1));
+  channel->observe(w);
+  EXPECT_TRUE(torch::allclose(
+      channel->qparams().scale,
+      torch::tensor({1.0f, 2.0f, 8.0f, 4.0f}) / 127.5));
+
+  Observer group(
+      QuantSpec().granularity(Granularity::per_group).axis(-1).group_size(2));
+  group->observe(w);
+  EXPECT_TRUE(torch::allclose(
+      group->qparams().scale,
+      torch::tensor({{2.0f, 4.0f}, {0.25f, 8.0f}}) / 127.5));
+
+  Observer group_axis0(
+      QuantSpec().granularity(Granularity::per_group).axis(0).group_size(2));
+  group_axis0->observe(w);
+  EXPECT_EQ(group_axis0->qparams().scale.sizes(), (std::vector<int64_t>{1, 4}));
+  EXPECT_TRUE(torch::allclose(
+      group_axis0->qparams().scale,
+      torch::tensor({{1.0f, 2.0f, 8.0f, 4.0f}}) / 127.5));
+}
+
+TEST(Observer, MovingAverageByHand) {
+  Observer ma(
+      QuantSpec().symmetric(false),
+      ObserverOptions()
+          .kind(ObserverKind::moving_average)
+          .averaging_constant(0.25));
+  ma->observe(torch::tensor({-1.0f, 1.0f}));
+  ma->observe(torch::tensor({-5.0f, 9.0f}));
+  EXPECT_FLOAT_EQ(ma->min_val().item<float>(), -1.0f + 0.25f * (-5.0f + 1.0f));
+  EXPECT_FLOAT_EQ(ma->max_val().item<float>(), 1.0f + 0.25f * (9.0f - 1.0f));
+}
+
+TEST(Observer, PercentileClipsOutliers) {
+  // 0..999 plus one outlier: the 99th percentile of 1001 values is the 991st
+  // smallest (990).
+  auto x = torch::cat(
+      {torch::arange(1000).to(torch::kFloat), torch::tensor({1e6f})});
+  Observer p(
+      QuantSpec().symmetric(false),
+      ObserverOptions().kind(ObserverKind::percentile).percentile(99.0));
+  p->observe(x);
+  EXPECT_FLOAT_EQ(p->max_val().item<float>(), 990.0f);
+  EXPECT_FLOAT_EQ(p->min_val().item<float>(), 10.0f);
+}
+
+// The MSE observer's range equals a brute-force search over the same clipping
+// ratios.
+TEST(Observer, MseMatchesBruteForceSearch) {
+  torch::manual_seed(5);
+  auto w = torch::randn({6, 256});
+  w.index_put_({0, 0}, 25.0f); // one outlier row
+  const auto spec =
+      QuantSpec().bits(4).granularity(Granularity::per_channel).axis(0);
+  Observer mse(spec, ObserverOptions().kind(ObserverKind::mse).mse_steps(20));
+  mse->observe(w);
+  for (int64_t row = 0; row < 6; ++row) {
+    const auto x = w[row].to(torch::kDouble);
+    const double lo = x.min().item<double>(), hi = x.max().item<double>();
+    double best_err = INFINITY, best_ratio = 1.0;
+    for (int k = 0; k <= 20; ++k) {
+      const double ratio = 1.0 - 0.8 * k / 20.0;
+      const double scale =
+          std::max(std::max(-lo, hi) * ratio / 7.5, 1.1920929e-07);
+      const auto q = torch::clamp(torch::round(x / scale), -8, 7) * scale;
+      const double err = (q - x).square().sum().item<double>();
+      if (err < best_err)
+        best_err = err, best_ratio = ratio;
+    }
+    EXPECT_NEAR(mse->max_val()[row].item<float>(), hi * best_ratio, 1e-4)
+        << "row " << row;
+  }
+  EXPECT_LT(mse->max_val()[0].item<float>(), 25.0f); // the outlier is clipped
+}
+
+TEST(FakeQuantizer, SteGradientIsTheClippingMask) {
+  FakeQuantizer fq(FakeQuantizerOptions(QuantSpec().bits(4).symmetric(false)));
+  const auto x = torch::linspace(-2, 6, 101).requires_grad_(true);
+  const auto dy = torch::randn({101});
+  fq(x).backward(dy);
+  // Closed form: the calibrated range is [-2, 6], so every element is inside
+  // it.
+  EXPECT_TRUE(torch::equal(x.grad(), dy));
+  fq->enable_observer(false);
+  const auto x2 = (torch::linspace(-2, 6, 101) * 2).requires_grad_(true);
+  fq(x2).backward(dy);
+  // In range means qmin <= zp + round(x / scale) <= qmax.
+  const auto code =
+      torch::round(
+          x2.detach().to(torch::kDouble) / fq->scale().to(torch::kDouble)) +
+      fq->zero_point();
+  const auto inside = (code >= -8) & (code <= 7);
+  EXPECT_TRUE(torch::equal(x2.grad(), dy * inside));
+}
+
+TEST(FakeQuantizer, SwitchesTurnObservationAndQuantizationOff) {
+  FakeQuantizer fq(FakeQuantizerOptions(QuantSpec().bits(3)));
+  const auto x = torch::randn({32});
+  fq->enable_fake_quant(false);
+  EXPECT_TRUE(torch::equal(fq(x), x)); // observed, not quantized
+  const auto scale = fq->scale().clone();
+  fq->enable_observer(false);
+  fq->enable_fake_quant(true);
+  fq(x * 10);
+  EXPECT_TRUE(torch::equal(fq->scale(), scale)); // frozen
+  EXPECT_FALSE(torch::equal(fq(x), x));
+}
+
+TEST(FakeQuantizer, PactGradientsMatchClosedForm) {
+  for (bool is_signed : {false, true}) {
+    FakeQuantizer fq(
+        FakeQuantizerOptions(QuantSpec().bits(4).is_signed(is_signed))
+            .estimator(Estimator::pact)
+            .pact_alpha(2.0));
+    const auto x = torch::tensor(
+        {-3.0f, -1.0f, 0.3f, 1.9f, 2.5f, 7.0f}, torch::requires_grad());
+    const auto dy = torch::tensor({1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f});
+    fq(x).backward(dy);
+    const auto alpha_grad = fq->pact_alpha().grad().item<float>();
+    if (is_signed) {
+      EXPECT_FLOAT_EQ(
+          alpha_grad, 5.0f + 6.0f - 1.0f); // x >= alpha: +dy; x <= -alpha: -dy
+      EXPECT_TRUE(torch::equal(
+          x.grad(), torch::tensor({0.0f, 2.0f, 3.0f, 4.0f, 0.0f, 0.0f})));
+    } else {
+      EXPECT_FLOAT_EQ(alpha_grad, 5.0f + 6.0f);
+      EXPECT_TRUE(torch::equal(
+          x.grad(), torch::tensor({0.0f, 0.0f, 3.0f, 4.0f, 0.0f, 0.0f})));
+    }
+  }
+}
+
+TEST(FakeQuantizer, LsqUsesThePaperGradientScale) {
+  const auto spec =
+      QuantSpec().bits(4).granularity(Granularity::per_channel).axis(0);
+  FakeQuantizer fq(FakeQuantizerOptions(spec).estimator(Estimator::lsq));
+  const auto w = torch::randn({8, 64}).requires_grad_(true);
+  const auto dy = torch::randn({8, 64});
+  fq(w).backward(dy);
+  // ATen's learnable op with g = 1 / sqrt(64 * 7): the LSQ paper's scaling for
+  // 64 weights per scale.
+  const auto s = fq->scale().detach().clone().requires_grad_(true);
+  at::_fake_quantize_learnable_per_channel_affine(
+      w.detach(), s, torch::zeros({8}), 0, -8, 7, 1.0 / std::sqrt(64.0 * 7))
+      .backward(dy);
+  EXPECT_TRUE(torch::allclose(fq->scale().grad(), s.grad(), 1e-4, 1e-6));
+  EXPECT_EQ(fq->quantizer_parameters().size(), 1u);
+}
+
+TEST(FakeQuantizer, EstimatorsRefuseSpecsTheyCannotServe) {
+  EXPECT_THROW(
+      FakeQuantizer(
+          FakeQuantizerOptions(QuantSpec()).estimator(Estimator::lsq_plus)),
+      std::invalid_argument);
+  EXPECT_THROW(
+      FakeQuantizer(
+          FakeQuantizerOptions(QuantSpec().format(NumberFormat::fp8_e4m3))
+              .estimator(Estimator::lsq)),
+      std::invalid_argument);
+  EXPECT_THROW(
+      FakeQuantizer(FakeQuantizerOptions(
+                        QuantSpec().granularity(Granularity::per_channel))
+                        .estimator(Estimator::pact)),
+      std::invalid_argument);
+}
+
+TEST(FakeQuantizer, DynamicPerTokenQuantizesEachRowWithItsOwnScale) {
+  FakeQuantizer fq(FakeQuantizerOptions(
+      QuantSpec().granularity(Granularity::per_token).dynamic(true)));
+  const auto x = torch::randn({3, 5, 16}) *
+      torch::tensor({1.0f, 10.0f, 100.0f}).view({3, 1, 1});
+  const auto scale = x.abs().amax(-1, true) / 127.5;
+  const auto expected = ops::fake_quant_affine(
+      x, scale, torch::zeros_like(scale, torch::kInt), -1, 16, -128, 127);
+  EXPECT_TRUE(bitwise_equal(fq(x), expected));
+}
+
+TEST(FakeQuantizer, SavesAndLoadsThroughLibTorchSerialization) {
+  const auto options =
+      FakeQuantizerOptions(QuantSpec()
+                               .bits(4)
+                               .symmetric(false)
+                               .granularity(Granularity::per_channel)
+                               .axis(0))
+          .estimator(Estimator::lsq_plus)
+          .observer(ObserverOptions().kind(ObserverKind::moving_average));
+  FakeQuantizer trained(options);
+  const auto w = torch::randn({6, 20});
+  trained(w);
+  trained->enable_observer(false);
+  torch::optim::SGD opt(trained->quantizer_parameters(), 0.1);
+  trained(w).square().sum().backward();
+  opt.step();
+  const auto path =
+      (std::filesystem::temp_directory_path() / "qat_fake_quantizer_test.pt")
+          .string();
+  torch::save(trained, path);
+
+  FakeQuantizer loaded(options);
+  torch::load(loaded, path);
+  std::filesystem::remove(path);
+  EXPECT_TRUE(bitwise_equal(loaded->scale(), trained->scale()));
+  EXPECT_TRUE(bitwise_equal(loaded->zero_point(), trained->zero_point()));
+  EXPECT_FALSE(loaded->observer_enabled());
+  EXPECT_TRUE(bitwise_equal(
+      loaded->observer()->min_val(), trained->observer()->min_val()));
+  EXPECT_TRUE(bitwise_equal(loaded(w), trained(w)));
+}
+
+} // namespace
+} // namespace qat
