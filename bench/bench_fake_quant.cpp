@@ -58,33 +58,44 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// Median wall time of `reps` runs after two warm-ups, in milliseconds.
-double time_ms(const std::function<void()>& fn, int64_t reps, bool cuda) {
+// Median wall times (ms) of the functions, measured in rotation (one run of
+// each per round, after two warm-up rounds) so that all of them see the same
+// machine: on a shared VM the noise moves between seconds, not within a round.
+std::vector<double> time_interleaved(
+    const std::vector<std::function<void()>>& fns,
+    int64_t reps,
+    bool cuda) {
   auto sync = [&] {
     if (cuda)
       torch::cuda::synchronize();
   };
-  fn();
-  fn();
-  sync();
-  std::vector<double> samples;
-  for (int64_t i = 0; i < reps; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    sync();
-    samples.push_back(std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - start)
-                          .count());
+  std::vector<std::vector<double>> samples(fns.size());
+  for (int64_t round = -2; round < reps; ++round) {
+    for (size_t f = 0; f < fns.size(); ++f) {
+      sync();
+      const auto start = std::chrono::steady_clock::now();
+      fns[f]();
+      sync();
+      const double ms = std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+      if (round >= 0)
+        samples[f].push_back(ms);
+    }
   }
-  std::nth_element(
-      samples.begin(), samples.begin() + samples.size() / 2, samples.end());
-  return samples[samples.size() / 2];
+  std::vector<double> medians;
+  for (auto& s : samples) {
+    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
+    medians.push_back(s[s.size() / 2]);
+  }
+  return medians;
 }
 
 struct Row {
   std::string name;
   double ours_ms, aten_ms, copy_ms;
   double bytes; // moved by one call of ours / ATen's op
+  // copy_ms is x.clone()'s time scaled to `bytes`.
 };
 
 void print(const std::vector<Row>& rows) {
@@ -93,8 +104,6 @@ void print(const std::vector<Row>& rows) {
   std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     const double ours_bw = r.bytes / r.ours_ms / 1e6;
-    // The copy moves (reads and writes) the input's bytes: 2 * numel * element
-    // size.
     const double copy_bw = r.bytes / r.copy_ms / 1e6;
     std::printf(
         "| %s | %.2f | %.2f | %.2f | %.1f | %.1f | %.2fx | %.0f%% |\n",
@@ -143,40 +152,35 @@ int main(int argc, char** argv) {
     const auto dy = torch::randn({args.rows, args.cols}, opts).to(dtype);
     const double n = static_cast<double>(x.numel()),
                  elem = static_cast<double>(x.element_size());
-    auto y = torch::empty_like(x);
-    auto copy = [&] { y.copy_(x); };
-    // Bytes that the op itself moves: forward reads x, writes y and the 1-byte
-    // mask.
-    const double fwd_bytes = n * (2 * elem + 1), bwd_bytes = n * (2 * elem + 1);
-    const double copy_ms = time_ms(copy, args.reps, cuda);
-    // The copy's bandwidth is measured on 2 * elem bytes per element; rescale
-    // its time so both columns are bandwidths of the same byte count.
-    const double copy_ms_fwd = copy_ms * fwd_bytes / (2 * elem * n);
+    // Bytes the op moves: it reads x (or dy) and writes an output like it and
+    // a 1-byte mask (or reads the mask). The copy, x.clone(), reads x and
+    // writes a new tensor like it: 2 * elem bytes per element; its time is
+    // scaled to the op's byte count so both bandwidth columns compare alike.
+    const double op_bytes = n * (2 * elem + 1);
+    const double copy_scale = op_bytes / (2 * elem * n);
+    auto measure = [&](const std::string& name,
+                       const std::function<void()>& ours,
+                       const std::function<void()>& aten) {
+      const auto ms = time_interleaved(
+          {ours, aten, [&] { (void)x.clone(); }}, args.reps, cuda);
+      rows.push_back(
+          {name + " " + type_name, ms[0], ms[1], ms[2] * copy_scale, op_bytes});
+    };
 
     // Per channel, int8, axis 0.
     const auto scale_c =
         (x.to(torch::kFloat).abs().amax(1) / 127).clamp_min(1e-8);
     const auto zp_c = torch::zeros({args.rows}, opts.dtype(torch::kInt));
-    const double ours_c = time_ms(
+    measure(
+        "per-channel int8 fwd+mask",
         [&] {
           qat::ops::fake_quant_affine_cachemask(
               x, scale_c, zp_c, 0, 0, -128, 127);
         },
-        args.reps,
-        cuda);
-    const double aten_c = time_ms(
         [&] {
           at::fake_quantize_per_channel_affine_cachemask(
               x, scale_c, zp_c, 0, -128, 127);
-        },
-        args.reps,
-        cuda);
-    rows.push_back(
-        {std::string("per-channel int8 fwd+mask ") + type_name,
-         ours_c,
-         aten_c,
-         copy_ms_fwd,
-         fwd_bytes});
+        });
 
     // Per group of 128, int4, last axis.
     const auto scale_g =
@@ -186,44 +190,26 @@ int main(int argc, char** argv) {
     const auto zp_g = torch::zeros_like(scale_g, torch::kInt);
     const auto x_groups = x.reshape({-1, kGroup});
     const auto scale_rows = scale_g.reshape({-1}), zp_rows = zp_g.reshape({-1});
-    const double ours_g = time_ms(
+    measure(
+        "per-group(128) int4 fwd+mask",
         [&] {
           qat::ops::fake_quant_affine_cachemask(
               x, scale_g, zp_g, -1, kGroup, -8, 7);
         },
-        args.reps,
-        cuda);
-    const double aten_g = time_ms(
         [&] {
           at::fake_quantize_per_channel_affine_cachemask(
               x_groups, scale_rows, zp_rows, 0, -8, 7);
-        },
-        args.reps,
-        cuda);
-    rows.push_back(
-        {std::string("per-group(128) int4 fwd+mask ") + type_name,
-         ours_g,
-         aten_g,
-         copy_ms_fwd,
-         fwd_bytes});
+        });
 
     // Backward: grad * mask (ATen's cachemask backward is exactly dY * mask).
     const auto mask = std::get<1>(qat::ops::fake_quant_affine_cachemask(
         x, scale_c, zp_c, 0, 0, -128, 127));
-    const double ours_b =
-        time_ms([&] { qat::ops::mask_backward(dy, mask); }, args.reps, cuda);
-    const double aten_b = time_ms(
+    measure(
+        "backward grad*mask",
+        [&] { qat::ops::mask_backward(dy, mask); },
         [&] {
           at::fake_quantize_per_tensor_affine_cachemask_backward(dy, mask);
-        },
-        args.reps,
-        cuda);
-    rows.push_back(
-        {std::string("backward grad*mask ") + type_name,
-         ours_b,
-         aten_b,
-         copy_ms_fwd,
-         bwd_bytes});
+        });
   }
   print(rows);
   return 0;
