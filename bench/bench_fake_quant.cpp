@@ -2,8 +2,14 @@
 // fake-quant ops and a plain copy of the same bytes, measured in one run,
 // printed as a Markdown table with ratios.
 //
-//   bench_fake_quant [--rows 4096] [--cols 4096] [--reps 15] [--device
-//   cpu|cuda]
+//   bench_fake_quant [--rows 4096] [--cols 4096] [--reps 15]
+//                    [--device cpu|cuda] [--fresh-pages 0|1]
+//
+// glibc returns every block above 32 MB to the kernel on free, so each op call
+// would pay for page faults on its 64 MB output (ATen's and ours alike) and the
+// figures would measure the page-fault handler. By default the benchmark keeps
+// freed memory in the heap, as a caching allocator does on GPU;
+// --fresh-pages 1 measures with glibc's defaults.
 //
 // Per-channel is int8 along axis 0; per-group is int4 with groups of 128 along
 // the last axis (ATen has no per-group op: it runs as per-channel over the

@@ -166,38 +166,24 @@ QAT_HOST_DEVICE AffineQuantized fake_quant_affine(
   return {(clamped - zp) * scale, q >= lo && q <= hi};
 }
 
-// The integer code itself (for convert/export): clamp(zero_point + round(x *
-// inv_scale)).
-QAT_HOST_DEVICE int32_t quantize_affine(
-    float x,
-    float inv_scale,
-    int32_t zero_point,
-    int32_t qmin,
-    int32_t qmax) {
-  const float q =
-      static_cast<float>(zero_point) + round_half_even(x * inv_scale);
-  if (!(q >= static_cast<float>(qmin)))
-    return qmin; // also NaN
-  if (q > static_cast<float>(qmax))
-    return qmax;
-  return static_cast<int32_t>(q);
-}
-
-// LSQ / LSQ+ gradients of one element (Esser et al. 2020; Bhalgat et al. 2020),
-// with the float operations in the order of ATen's
-// fake_quantize_learnable_*_grad kernels so each term is bit-identical. With q
-// = zero_point + round(x / s) and x' = (clamp(q) - zero_point) * s:
-//   dx           = dy                          if qmin <= q <= qmax, else 0
-//   dscale       = dy * (x' - x) / s           if qmin <= q <= qmax
-//                = dy * (qmin - zero_point)    if q < qmin
-//                = dy * (qmax - zero_point)    if q > qmax
-//   dzero_point  = 0                           if qmin <= q <= qmax, else -dy *
-//   s
-// both parameter gradients times grad_factor (LSQ's 1 / sqrt(numel * qmax), or
-// 1). A NaN x counts as above the range. ATen rounds `zero_point + x *
-// inv_scale` here while its forward rounds `x * inv_scale` and then adds; this
-// uses the forward's rule so the gradient mask always equals the forward mask
-// (they differ only on exact .5 ties with an odd zero point).
+// LSQ / LSQ+ gradients of one element (Esser et al. 2020; Bhalgat et al.
+// 2020), with the float operations in the order of ATen's
+// fake_quantize_learnable_*_grad kernels so that each term is bit-identical.
+// With q = zero_point + round(x / s) and x' = (clamp(q) - zero_point) * s:
+//
+//   dx          = dy                        if qmin <= q <= qmax, else 0
+//   dscale      = dy * (x' - x) / s         if qmin <= q <= qmax
+//               = dy * (qmin - zero_point)  if q < qmin
+//               = dy * (qmax - zero_point)  if q > qmax
+//   dzero_point = 0                         if qmin <= q <= qmax
+//               = -dy * s                   otherwise
+//
+// both parameter gradients times grad_factor (LSQ's 1 / sqrt(numel * qmax),
+// or 1). A NaN x counts as above the range. ATen's backward rounds
+// `zero_point + x * inv_scale` where its forward rounds `x * inv_scale` and
+// then adds; this uses the forward's rule so that the gradient mask always
+// equals the forward mask (the two differ only on exact .5 ties with an odd
+// zero point).
 QAT_HOST_DEVICE LsqGrad lsq_grad(
     float x,
     float dy,

@@ -2,9 +2,8 @@
 // backend kernels; the backward of each estimator is one op call (the mask or
 // LSQ kernels), as in ATen's cachemask design. Gradients (derivations in
 // qat/fake_quant.h):
-//   fake_quant_affine, fake_quant_fp8   d input = grad * mask
-//   (straight-through) fake_quant_lsq                      d input, d scale, d
-//   zero_point  (LSQ / LSQ+)
+//   fake_quant_affine, fake_quant_fp8  d input = grad * mask (straight-through)
+//   fake_quant_lsq                     d input, d scale, d zero_point (LSQ+)
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>

@@ -27,15 +27,14 @@ struct Prepared {
   at::Tensor restore(const at::Tensor& result) const;
 };
 
-// Checks input/scale/zero_point against the granularity given by (axis,
-// group_size):
-//   axis == nullopt              per tensor: scale and zero_point have one
-//   element axis, group_size == 0        per channel: scale is 1-D with
-//   input.size(axis) elements axis, group_size > 0         per group:
-//   group_size divides input.size(axis), and scale has
-//                                input's shape with that size divided by
-//                                group_size (per token is axis = -1, group_size
-//                                = input.size(-1))
+// Checks input/scale/zero_point against the granularity of (axis, group_size):
+//   axis == nullopt            per tensor: scale and zero_point have one value
+//   axis, group_size == 0      per channel: scale is 1-D, input.size(axis)
+//                              values
+//   axis, group_size > 0       per group: group_size divides input.size(axis),
+//                              and scale has input's shape with that size
+//                              divided by group_size (per token: axis = -1,
+//                              group_size = input.size(-1))
 // `op` names the caller in error messages. zero_point may be undefined (FP8).
 Prepared prepare(
     std::string_view op,

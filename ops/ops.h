@@ -3,18 +3,18 @@
 // and Autograd are chosen as for any ATen op.
 //
 // Granularity is given by (axis, group_size):
-//   axis = nullopt                  per tensor (scale and zero_point hold one
-//   element) axis = a, group_size = 0        per channel along a (scale is 1-D,
-//   input.size(a) elements) axis = a, group_size = g > 0    per group of g
-//   along a (scale has input's shape with size(a)
-//                                   divided by g); per token is axis = -1, g =
-//                                   input.size(-1)
+//   axis = nullopt              per tensor: scale and zero_point hold one value
+//   axis = a, group_size = 0    per channel along a: scale is 1-D with
+//                               input.size(a) values
+//   axis = a, group_size = g    per group of g along a: scale has input's
+//                               shape with size(a) divided by g; per token is
+//                               axis = -1, g = input.size(-1)
 //
 // Example:
 //   auto w = torch::randn({64, 256});
-//   auto scale = w.abs().amax(1) / 127;                           // per output
-//   channel auto zp = torch::zeros({64}, torch::kInt); auto wq =
-//   qat::ops::fake_quant_affine(w, scale, zp, 0, 0, -127, 127);
+//   auto scale = w.abs().amax(1) / 127;  // per output channel
+//   auto zp = torch::zeros({64}, torch::kInt);
+//   auto wq = qat::ops::fake_quant_affine(w, scale, zp, 0, 0, -127, 127);
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -6,43 +6,38 @@
 //
 // Gradient estimators, all through the qat ops (ops/ops.h):
 //
-//   ste        Straight-through estimator with the clipping mask (Bengio et al.
-//   2013; the rule
-//              of torch.ao FakeQuantize). With q = zp + round(x / s):
-//                dL/dx = dL/dy * [qmin <= q <= qmax]
-//              scale and zero point come from the observer and get no gradient.
+// ste       Straight-through estimator with the clipping mask (Bengio et al.
+//           2013; the rule of torch.ao's FakeQuantize). With
+//           q = zp + round(x / s):
+//             dL/dx = dL/dy * [qmin <= q <= qmax]
+//           Scale and zero point come from the observer and get no gradient.
 //
-//   lsq        Learned Step size Quantization (Esser et al. 2020). The scale is
-//   a parameter,
-//              initialised from the observer; with x' = (clamp(q) - zp) * s,
-//              differentiating through round() as identity gives
-//                dx'/ds = round(x/s) - x/s       inside the range, i.e. (x' -
-//                x) / s
-//                       = qmin - zp or qmax - zp  below / above it
-//              and dL/ds is scaled by g = 1 / sqrt(N * qmax), N the elements
-//              per scale.
+// lsq       Learned Step size Quantization (Esser et al. 2020). The scale is a
+//           parameter, initialised from the observer. With
+//           x' = (clamp(q) - zp) * s, and round() differentiated as identity:
+//             dx'/ds = round(x/s) - x/s = (x' - x) / s   inside the range
+//                    = qmin - zp  or  qmax - zp          below / above it
+//           and dL/ds is scaled by g = 1 / sqrt(N * qmax), N the elements
+//           per scale.
 //
-//   lsq_plus   LSQ+ (Bhalgat et al. 2020): LSQ plus a learnable float zero
-//   point (affine specs);
-//                dx'/dzp = 0 inside the range, -s outside it (the clamp pins x'
-//                to qmin/qmax code, whose real value moves by -s per unit of
-//                zp), scaled by g too.
+// lsq_plus  LSQ+ (Bhalgat et al. 2020): LSQ plus a learnable float zero point
+//           (affine specs). Outside the range the clamp pins x' to the qmin or
+//           qmax code, whose real value moves by -s per unit of zp:
+//             dx'/dzp = 0 inside the range, -s outside it   (scaled by g too)
 //
-//   pact       PACT (Choi et al. 2018): a learnable clipping level alpha; y =
-//   fq(clip(x)) with
-//              clip to [0, alpha] (unsigned) or [-alpha, alpha] (signed) and
-//              scale alpha / qmax. The quantizer is straight-through on the
-//              clipped value, so
-//                dL/dx = dL/dy * [x inside the clip],
-//                dL/dalpha = sum dL/dy * [x >= alpha] (- sum dL/dy * [x <=
-//                -alpha] if signed).
+// pact      PACT (Choi et al. 2018): a learnable clipping level alpha;
+//           y = fq(clip(x)), clipping to [0, alpha] (unsigned) or
+//           [-alpha, alpha] (signed), with scale alpha / qmax. The quantizer
+//           is straight-through on the clipped value, so
+//             dL/dx     = dL/dy * [x inside the clip]
+//             dL/dalpha = sum dL/dy * [x >= alpha]
+//                         - sum dL/dy * [x <= -alpha]          (signed only)
 //
 // Example:
-//   auto fq = qat::FakeQuantizer(qat::FakeQuantizerOptions(
-//       qat::QuantSpec().bits(4).granularity(qat::Granularity::per_channel).axis(0))
+//   qat::FakeQuantizer fq(qat::FakeQuantizerOptions(
+//       qat::QuantSpec().bits(4).granularity(qat::Granularity::per_channel))
 //       .estimator(qat::Estimator::lsq));
-//   auto wq = fq(weight);            // observes on the first call, then learns
-//   the scale
+//   auto wq = fq(weight);  // observes on the first call, then learns the scale
 #pragma once
 
 #include <torch/nn/cloneable.h>

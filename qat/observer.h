@@ -2,23 +2,22 @@
 // scales and zero points for a QuantSpec. Their state lives in buffers, so it
 // is saved with the model.
 //
-//   min_max          running min / max over every batch
-//   moving_average   exponential moving average of each batch's min / max
-//   (constant c) percentile       running mean of each batch's p-th /
-//   (100-p)-th percentiles (outliers clipped) mse              running mean of
-//   each batch's range that minimises the fake-quant squared
-//                    error, searched over a grid of clipping ratios of the min
-//                    / max range
+//   min_max         running min / max over every batch
+//   moving_average  exponential moving average of each batch's min / max
+//                   (constant c)
+//   percentile      running mean of each batch's p-th and (100-p)-th
+//                   percentiles (outliers clipped)
+//   mse             running mean of each batch's range that minimises the
+//                   fake-quant squared error, searched over a grid of clipping
+//                   ratios of the min / max range
 //
 // The range -> qparams rule is torch.ao's (MinMaxObserver._calculate_qparams):
-//   symmetric  scale = max(|min|, |max|) / ((qmax - qmin) / 2), zero point 0
-//   (signed) or
-//              (qmin + qmax + 1) / 2 (unsigned)
+//   symmetric  scale = max(|min|, |max|) / ((qmax - qmin) / 2),
+//              zero point 0 (signed) or (qmin + qmax + 1) / 2 (unsigned)
 //   affine     scale = (max(max, 0) - min(min, 0)) / (qmax - qmin),
-//              zero point = clamp(qmin - round(min(min, 0) / scale), qmin,
-//              qmax)
+//              zero point = clamp(qmin - round(min(min, 0) / scale))
 //   FP8        scale = max(|min|, |max|) / format max
-// with scale at least float32's epsilon.
+// with every scale at least float32's epsilon.
 #pragma once
 
 #include <torch/nn/cloneable.h>

@@ -4,13 +4,13 @@
 //
 // Example:
 //   auto w4 = qat::QuantSpec()
-//                 .format(qat::NumberFormat::int_)
 //                 .bits(4)
 //                 .granularity(qat::Granularity::per_group)
 //                 .axis(-1)
 //                 .group_size(128);
-//   w4.validate();                       // throws std::invalid_argument naming
-//   the bad field w4.quant_min(), w4.quant_max();      // -8, 7
+//   w4.validate();  // throws std::invalid_argument naming the bad field
+//   w4.quant_min(); // -8
+//   w4.quant_max(); // 7
 #pragma once
 
 #include <torch/arg.h>

@@ -1,10 +1,10 @@
-// Fast CPU kernels: bit-identical to fake_quant_ref.cpp, written as branch-free
-// loops over one row with the row's parameters hoisted, which GCC -O3
-// vectorises (blends for the clamp, the 2^23 trick of round_half_even instead
-// of a libm call). This file is compiled once per instruction set (QAT_FAST_ISA
-// = baseline, avx2, avx512; see CMakeLists.txt), each copy in its own
-// namespace, and exports its kernels as one FastKernelTable. Threads come from
-// the op layer.
+// Fast CPU kernels: bit-identical to fake_quant_ref.cpp, written as
+// branch-free loops over one row with the row's parameters hoisted, which GCC
+// -O3 vectorises (blends for the clamp, round_code's single rounding
+// instruction or add/subtract trick instead of a libm call). This file is
+// compiled once per instruction set (QAT_FAST_ISA = baseline, avx2, avx512;
+// see CMakeLists.txt) and exports its kernels as one FastKernelTable. Threads
+// come from the op layer.
 #include <algorithm>
 
 #include "kernels/ref/fast_kernel_table.h"

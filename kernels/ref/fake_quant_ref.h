@@ -1,12 +1,11 @@
 // Torch-free CPU fake-quant kernels on raw pointers.
 //
 // Two versions of each kernel share one signature:
-//   *_ref   the definition: one element at a time through quant_math.h, written
-//   to be read;
+//   *_ref   the definition: one element at a time through quant_math.h,
+//           written to be read;
 //   *_fast  the same results bit for bit, written as plain row loops that GCC
-//   vectorises, built
-//           for several instruction sets and chosen at run time (see CpuIsa
-//           below).
+//           vectorises, built for several instruction sets and chosen at run
+//           time (see CpuIsa below).
 // The op layer (ops/) checks inputs, allocates, and splits [0, rows) across
 // threads.
 #pragma once
@@ -19,10 +18,11 @@ namespace qat::kernels {
 
 // A contiguous tensor seen as `rows` runs of `row_len` elements. Every element
 // of row r uses quantization parameter number r % param_period:
-//   per tensor              rows = numel / row_len, param_period = 1
-//   per channel (axis a)    row_len = product of the sizes after a,
-//   param_period = size(a) per group / per token   (axis moved last) row_len =
-//   group size, param_period = rows
+//   per tensor         rows = numel / row_len, param_period = 1
+//   per channel (a)    row_len = product of the sizes after axis a,
+//                      param_period = size(a)
+//   per group / token  (axis moved last) row_len = group size,
+//                      param_period = rows
 struct RowLayout {
   int64_t rows = 0;
   int64_t row_len = 0;
