@@ -180,6 +180,37 @@ TEST(Observer, MseMatchesBruteForceSearch) {
   EXPECT_LT(mse->max_val()[0].item<float>(), 25.0f); // the outlier is clipped
 }
 
+TEST(Observer, MisuseIsReportedClearly) {
+  Observer fresh{QuantSpec()};
+  try {
+    fresh->qparams();
+    ADD_FAILURE() << "qparams() before any observation did not throw";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("calibrate first"), std::string::npos)
+        << e.what();
+  }
+  Observer channel{QuantSpec().granularity(Granularity::per_channel).axis(0)};
+  channel->observe(torch::randn({4, 8}));
+  try {
+    channel->observe(torch::randn({5, 8}));
+    ADD_FAILURE() << "a tensor with another channel count was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(
+        std::string(e.what()).find(
+            "has 5 quantization groups, earlier ones had 4"),
+        std::string::npos)
+        << e.what();
+  }
+  Observer groups{
+      QuantSpec().granularity(Granularity::per_group).axis(-1).group_size(3)};
+  EXPECT_THROW(groups->observe(torch::randn({2, 8})), std::invalid_argument);
+  EXPECT_THROW(
+      Observer(
+          QuantSpec(),
+          ObserverOptions().kind(ObserverKind::percentile).percentile(40)),
+      std::invalid_argument);
+}
+
 TEST(FakeQuantizer, SteGradientIsTheClippingMask) {
   FakeQuantizer fq(FakeQuantizerOptions(QuantSpec().bits(4).symmetric(false)));
   const auto x = torch::linspace(-2, 6, 101).requires_grad_(true);
