@@ -10,20 +10,6 @@
 namespace qat {
 namespace {
 
-const char* estimator_name(Estimator e) {
-  switch (e) {
-    case Estimator::ste:
-      return "ste";
-    case Estimator::lsq:
-      return "lsq";
-    case Estimator::lsq_plus:
-      return "lsq_plus";
-    case Estimator::pact:
-      return "pact";
-  }
-  return "?";
-}
-
 void check_estimator(const QuantSpec& spec, Estimator estimator) {
   const auto fail = [&](const std::string& why) {
     throw std::invalid_argument(
@@ -50,6 +36,20 @@ void check_estimator(const QuantSpec& spec, Estimator estimator) {
 }
 
 } // namespace
+
+const char* estimator_name(Estimator e) {
+  switch (e) {
+    case Estimator::ste:
+      return "ste";
+    case Estimator::lsq:
+      return "lsq";
+    case Estimator::lsq_plus:
+      return "lsq_plus";
+    case Estimator::pact:
+      return "pact";
+  }
+  return "?";
+}
 
 FakeQuantizerImpl::FakeQuantizerImpl(FakeQuantizerOptions options)
     : options_(std::move(options)) {

@@ -49,6 +49,7 @@
 namespace qat {
 
 enum class Estimator { ste, lsq, lsq_plus, pact };
+const char* estimator_name(Estimator estimator);
 
 struct FakeQuantizerOptions {
   /* implicit */ FakeQuantizerOptions(QuantSpec spec)

@@ -1,0 +1,76 @@
+// QuantConv2d: torch::nn::Conv2d with a fake-quantized weight and optional
+// input / output quantizers, and optionally a folded BatchNorm2d (Conv+BN).
+//
+// The weight quantizer sees the weight as [out_channels, in/groups * kh * kw],
+// so per_channel is per output channel (axis 0) and per_group groups run along
+// the flattened reduction dimension (axis -1), as for Linear.
+//
+// Conv+BN folding follows PyTorch's ConvBn QAT modules
+// (torch.ao.nn.intrinsic.qat, "approximate" forward): with
+// gamma' = gamma / sqrt(running_var + eps),
+//   y = BN( conv(x, fq(W * gamma')) / gamma' + b )
+// so the weight that is quantized is the folded one that will be served, while
+// BN still normalises with batch statistics in training (updating its running
+// statistics) until freeze_bn_stats(), after which it uses the running ones.
+// to_float() returns the folded Conv2d: W * gamma' and
+// (b - running_mean) * gamma' + beta.
+#pragma once
+
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/conv.h>
+
+#include <optional>
+
+#include "qat/modules/quantizers.h"
+
+namespace qat {
+
+class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
+ public:
+  QuantConv2dImpl(
+      torch::nn::Conv2dOptions options,
+      LayerQuantSpecs specs,
+      std::optional<torch::nn::BatchNorm2dOptions> batch_norm = std::nullopt);
+
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& input);
+
+  // Conv+BN: stop updating BN's running statistics and normalise with them.
+  void freeze_bn_stats(bool frozen = true) {
+    bn_frozen_ = frozen;
+  }
+  bool bn_frozen() const {
+    return bn_frozen_;
+  }
+  // The float Conv2d to serve: with BN folded into its weight and bias.
+  torch::nn::Conv2d to_float() const;
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::nn::Conv2dOptions options;
+  LayerQuantSpecs specs;
+  std::optional<torch::nn::BatchNorm2dOptions> batch_norm_options;
+  torch::Tensor weight, bias;
+  torch::nn::BatchNorm2d batch_norm{nullptr};
+  LayerQuantizers quantizers;
+
+ private:
+  torch::Tensor conv(
+      const torch::Tensor& x,
+      const torch::Tensor& w,
+      const torch::Tensor& b) const;
+  // gamma / sqrt(running_var + eps), per output channel.
+  torch::Tensor bn_scale() const;
+  bool bn_frozen_ = false;
+};
+
+class QuantConv2d : public torch::nn::ModuleHolder<QuantConv2dImpl> {
+ public:
+  using torch::nn::ModuleHolder<QuantConv2dImpl>::ModuleHolder;
+  // From a float Conv2d, and the BatchNorm2d that follows it to fold.
+  static QuantConv2d from_float(
+      const torch::nn::Conv2d& conv,
+      const LayerQuantSpecs& specs,
+      const torch::nn::BatchNorm2d& batch_norm = nullptr);
+};
+
+} // namespace qat

@@ -1,0 +1,94 @@
+#include "qat/modules/layer_specs.h"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace qat {
+namespace {
+
+QuantSpec int_weights(int bits) {
+  return QuantSpec().bits(bits).granularity(Granularity::per_channel).axis(0);
+}
+
+QuantSpec int8_tokens() {
+  return QuantSpec().granularity(Granularity::per_token).dynamic(true);
+}
+
+struct Preset {
+  const char* name;
+  LayerQuantSpecs (*make)();
+};
+
+const Preset kPresets[] = {
+    {"w8a8_int8",
+     [] {
+       return LayerQuantSpecs{int_weights(8), int8_tokens(), std::nullopt};
+     }},
+    {"w8a8_int8_static",
+     [] {
+       return LayerQuantSpecs{
+           int_weights(8), FakeQuantizerOptions(QuantSpec()), std::nullopt};
+     }},
+    {"w4a16_g128",
+     [] {
+       return LayerQuantSpecs{
+           FakeQuantizerOptions(QuantSpec()
+                                    .bits(4)
+                                    .granularity(Granularity::per_group)
+                                    .axis(-1)
+                                    .group_size(128)),
+           std::nullopt,
+           std::nullopt};
+     }},
+    {"w4a8",
+     [] {
+       return LayerQuantSpecs{int_weights(4), int8_tokens(), std::nullopt};
+     }},
+    {"fp8_e4m3",
+     [] {
+       const auto fp8 = QuantSpec().format(NumberFormat::fp8_e4m3);
+       return LayerQuantSpecs{
+           FakeQuantizerOptions(
+               QuantSpec(fp8).granularity(Granularity::per_channel).axis(0)),
+           FakeQuantizerOptions(QuantSpec(fp8)
+                                    .granularity(Granularity::per_token)
+                                    .dynamic(true)),
+           std::nullopt};
+     }},
+};
+
+std::string describe_one(const std::optional<FakeQuantizerOptions>& options) {
+  if (!options)
+    return "-";
+  return options->spec().to_string() + " (" +
+      estimator_name(options->estimator()) + ")";
+}
+
+} // namespace
+
+LayerQuantSpecs preset(std::string_view name) {
+  for (const Preset& p : kPresets) {
+    if (name == p.name)
+      return p.make();
+  }
+  std::string known;
+  for (const Preset& p : kPresets)
+    known += std::string(known.empty() ? "" : ", ") + p.name;
+  throw std::invalid_argument(
+      "unknown quantization preset '" + std::string(name) +
+      "'; known presets: " + known);
+}
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets)
+    names.emplace_back(p.name);
+  return names;
+}
+
+std::string describe(const LayerQuantSpecs& specs) {
+  return "weight " + describe_one(specs.weight) + "; input " +
+      describe_one(specs.input) + "; output " + describe_one(specs.output);
+}
+
+} // namespace qat

@@ -1,0 +1,42 @@
+// QuantLinear: torch::nn::Linear with fake-quantized weight and optional
+// input / output activation quantizers.
+//
+// Example:
+//   torch::nn::Linear fc(256, 64);
+//   auto qfc = qat::QuantLinear::from_float(fc, qat::preset("w4a16_g128"));
+//   auto y = qfc(x);                 // fake-quantized forward, trainable
+//   torch::nn::Linear back = qfc->to_float();
+#pragma once
+
+#include <torch/nn/modules/linear.h>
+
+#include "qat/modules/quantizers.h"
+
+namespace qat {
+
+class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
+ public:
+  QuantLinearImpl(torch::nn::LinearOptions options, LayerQuantSpecs specs);
+
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& input);
+  // A float Linear holding this layer's (trained) float weights.
+  torch::nn::Linear to_float() const;
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::nn::LinearOptions options;
+  LayerQuantSpecs specs;
+  torch::Tensor weight, bias;
+  LayerQuantizers quantizers;
+};
+
+class QuantLinear : public torch::nn::ModuleHolder<QuantLinearImpl> {
+ public:
+  using torch::nn::ModuleHolder<QuantLinearImpl>::ModuleHolder;
+  // A QuantLinear with a copy of linear's weights.
+  static QuantLinear from_float(
+      const torch::nn::Linear& linear,
+      const LayerQuantSpecs& specs);
+};
+
+} // namespace qat
