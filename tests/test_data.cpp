@@ -1,0 +1,201 @@
+// Data sets: the real Fashion-MNIST files from Debian's package (counts, label
+// histograms, pixel statistics), corrupt files refused with errors naming the
+// file, the cache, and deterministic splits and batches.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "trainers/data/datasets.h"
+#include "trainers/data/idx.h"
+
+namespace qat::data {
+namespace {
+
+// A scratch folder whose files are removed one by one (see
+// test_safetensors.cpp on std::filesystem::remove_all).
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = "/tmp/qat_data_XXXXXX";
+    if (!::mkdtemp(pattern.data()))
+      throw std::runtime_error("mkdtemp failed");
+    dir_ = pattern;
+  }
+  ~ScratchDir() {
+    for (const auto& f : files_)
+      std::remove(f.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  std::string file(const std::string& name) {
+    files_.push_back(dir_ + "/" + name);
+    return files_.back();
+  }
+  const std::string& path() const {
+    return dir_;
+  }
+
+ private:
+  std::string dir_;
+  std::vector<std::string> files_;
+};
+
+// Writes an IDX file, gzip-compressed: header bytes then body.
+void write_gz(
+    const std::string& path,
+    const std::vector<unsigned char>& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(
+      gzwrite(f, bytes.data(), bytes.size()), static_cast<int>(bytes.size()));
+  gzclose(f);
+}
+
+std::vector<unsigned char> idx_bytes(
+    std::vector<uint32_t> dims,
+    size_t body_bytes,
+    unsigned char type = 0x08,
+    unsigned char value = 1) {
+  std::vector<unsigned char> b = {
+      0, 0, type, static_cast<unsigned char>(dims.size())};
+  for (uint32_t d : dims) {
+    for (int shift : {24, 16, 8, 0})
+      b.push_back(static_cast<unsigned char>((d >> shift) & 0xFF));
+  }
+  b.insert(b.end(), body_bytes, value);
+  return b;
+}
+
+void expect_refused(
+    const std::function<void()>& call,
+    const std::string& file,
+    const std::string& words) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted; expected an error about '" << words << "'";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(words), std::string::npos) << what;
+    EXPECT_NE(what.find(file), std::string::npos) << what;
+  }
+}
+
+TEST(FashionMnist, RealFilesHaveTheKnownCountsLabelsAndPixels) {
+  ScratchDir cache;
+  const auto fm = load_fashion_mnist(kFashionMnistDir, cache.path());
+  cache.file("fashion_mnist.safetensors"); // written by the loader
+  ASSERT_EQ(fm.train.size(), 60000);
+  ASSERT_EQ(fm.test.size(), 10000);
+  EXPECT_EQ(fm.train.images.sizes(), (std::vector<int64_t>{60000, 1, 28, 28}));
+  // Balanced classes: 6000 / 1000 of each of the 10 labels.
+  EXPECT_TRUE(torch::equal(
+      torch::bincount(fm.train.labels), torch::full({10}, 6000, torch::kLong)));
+  EXPECT_TRUE(torch::equal(
+      torch::bincount(fm.test.labels), torch::full({10}, 1000, torch::kLong)));
+  EXPECT_EQ(fm.train.images.min().item<float>(), 0.0f);
+  EXPECT_EQ(fm.train.images.max().item<float>(), 1.0f);
+  // The published statistics of the training images: mean 0.2860, std 0.3530.
+  EXPECT_NEAR(fm.train.images.mean().item<double>(), 0.2860, 5e-4);
+  EXPECT_NEAR(fm.train.images.std().item<double>(), 0.3530, 5e-4);
+
+  // The second load comes from the cache and gives the same tensors.
+  const auto again = load_fashion_mnist(kFashionMnistDir, cache.path());
+  EXPECT_TRUE(torch::equal(again.test.images, fm.test.images));
+  EXPECT_TRUE(torch::equal(again.train.labels, fm.train.labels));
+}
+
+TEST(Idx, CorruptFilesAreRefusedNamingTheFile) {
+  ScratchDir dir;
+  const auto ok = dir.file("ok.gz");
+  write_gz(ok, idx_bytes({2, 3}, 6));
+  EXPECT_EQ(read_idx_u8(ok).sizes(), (std::vector<int64_t>{2, 3}));
+
+  const auto truncated = dir.file("truncated.gz");
+  write_gz(truncated, idx_bytes({2, 3}, 4));
+  expect_refused(
+      [&] { read_idx_u8(truncated); },
+      truncated,
+      "truncated: 4 of 6 data bytes");
+  const auto trailing = dir.file("trailing.gz");
+  write_gz(trailing, idx_bytes({2, 3}, 7));
+  expect_refused(
+      [&] { read_idx_u8(trailing); },
+      trailing,
+      "has bytes after the 6 data bytes");
+  const auto magic = dir.file("magic.gz");
+  auto bad = idx_bytes({2}, 2);
+  bad[0] = 0x1f;
+  write_gz(magic, bad);
+  expect_refused([&] { read_idx_u8(magic); }, magic, "bad magic");
+  const auto type = dir.file("type.gz");
+  write_gz(type, idx_bytes({2}, 8, 0x0D));
+  expect_refused([&] { read_idx_u8(type); }, type, "is not 0x08");
+  const auto huge = dir.file("huge.gz");
+  write_gz(huge, idx_bytes({0xFFFFFFFF, 0xFFFFFFFF}, 0));
+  expect_refused([&] { read_idx_u8(huge); }, huge, "multiply past 2^31");
+  const auto not_gzip = dir.file("garbage.gz");
+  {
+    // A gzip header followed by garbage: the deflate stream is corrupt.
+    FILE* f = std::fopen(not_gzip.c_str(), "wb");
+    const unsigned char header[] = {
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+    std::fwrite(header, 1, sizeof header, f);
+    std::fclose(f);
+  }
+  expect_refused([&] { read_idx_u8(not_gzip); }, not_gzip, "IDX file");
+  expect_refused(
+      [&] { read_idx_u8(dir.path() + "/missing.gz"); },
+      "missing.gz",
+      "cannot open");
+
+  // Fashion-MNIST with inconsistent files: fewer labels than images, and a
+  // label outside 0..9.
+  for (const char* name :
+       {"train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"})
+    write_gz(dir.file(name), idx_bytes({4, 2, 2}, 16));
+  write_gz(dir.file("t10k-labels-idx1-ubyte.gz"), idx_bytes({4}, 4, 0x08, 3));
+  const auto labels = dir.file("train-labels-idx1-ubyte.gz");
+  write_gz(labels, idx_bytes({3}, 3));
+  expect_refused(
+      [&] { load_fashion_mnist(dir.path(), dir.path()); },
+      labels,
+      "holds 3 labels but");
+  write_gz(labels, idx_bytes({4}, 4, 0x08, 12));
+  expect_refused(
+      [&] { load_fashion_mnist(dir.path(), dir.path()); },
+      labels,
+      "label 12 is outside 0..9");
+  dir.file("fashion_mnist.safetensors");
+}
+
+TEST(Batching, SplitsAndBatchesAreDeterministic) {
+  ImageDataset data{torch::randn({100, 1, 2, 2}), torch::arange(100)};
+  const auto [train, val] = split(data, 20, 7);
+  EXPECT_EQ(train.size(), 80);
+  EXPECT_EQ(val.size(), 20);
+  // Disjoint and complete.
+  EXPECT_TRUE(torch::equal(
+      std::get<0>(torch::sort(torch::cat({train.labels, val.labels}))),
+      torch::arange(100)));
+  EXPECT_TRUE(torch::equal(split(data, 20, 7).second.labels, val.labels));
+  EXPECT_FALSE(torch::equal(split(data, 20, 8).second.labels, val.labels));
+
+  const auto batches = batch_indices(10, 4, true, 3);
+  ASSERT_EQ(batches.size(), 3u);
+  EXPECT_EQ(batches[2].numel(), 2);
+  EXPECT_EQ(batch_indices(10, 4, true, 3, /*drop_last=*/true).size(), 2u);
+  EXPECT_TRUE(torch::equal(batch_indices(10, 4, true, 3)[0], batches[0]));
+  EXPECT_TRUE(
+      torch::equal(batch_indices(10, 10, false, 0)[0], torch::arange(10)));
+  EXPECT_THROW(batch_indices(10, 0, false, 0), std::invalid_argument);
+  EXPECT_THROW(split(data, 101, 0), std::invalid_argument);
+}
+
+} // namespace
+} // namespace qat::data
