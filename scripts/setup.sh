@@ -18,7 +18,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config python3-venv
   libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
-  dataset-fashion-mnist
+  dataset-fashion-mnist bible-kjv
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do

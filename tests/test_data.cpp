@@ -14,6 +14,7 @@
 
 #include "trainers/data/datasets.h"
 #include "trainers/data/idx.h"
+#include "trainers/data/text.h"
 
 namespace qat::data {
 namespace {
@@ -195,6 +196,45 @@ TEST(Batching, SplitsAndBatchesAreDeterministic) {
       torch::equal(batch_indices(10, 10, false, 0)[0], torch::arange(10)));
   EXPECT_THROW(batch_indices(10, 0, false, 0), std::invalid_argument);
   EXPECT_THROW(split(data, 101, 0), std::invalid_argument);
+}
+
+TEST(Kjv, TextIsTheWholeBibleWithoutReferences) {
+  ScratchDir cache;
+  const std::string text = kjv_text(cache.path());
+  cache.file("kjv.txt");
+  EXPECT_EQ(
+      text.rfind("In the beginning God created the heaven and the earth.\n", 0),
+      0u);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 31102);
+  EXPECT_GT(text.size(), 4'000'000u);
+  EXPECT_EQ(text.find("Ge1:1"), std::string::npos);
+  // Cached: the second call reads the file and returns the same text.
+  EXPECT_EQ(kjv_text(cache.path()), text);
+
+  const ByteTokenizer tok;
+  const auto tokens = tok.encode(text);
+  EXPECT_EQ(tokens.numel(), static_cast<int64_t>(text.size()));
+  EXPECT_EQ(tok.decode(tokens), text);
+  EXPECT_LT(tokens.max().item<int64_t>(), ByteTokenizer::kVocabSize);
+
+  const auto splits = load_kjv(0.05, cache.path());
+  EXPECT_EQ(splits.train.numel() + splits.validation.numel(), tokens.numel());
+  EXPECT_NEAR(splits.validation.numel(), 0.05 * tokens.numel(), 1.0);
+  EXPECT_TRUE(
+      torch::equal(splits.validation, tokens.slice(0, splits.train.numel())));
+  EXPECT_THROW(load_kjv(1.5, cache.path()), std::invalid_argument);
+}
+
+TEST(Kjv, WindowsAreSlicesOfTheTokens) {
+  const auto tokens = torch::arange(1000);
+  const auto windows = sample_windows(tokens, 8, 16, 5);
+  ASSERT_EQ(windows.sizes(), (std::vector<int64_t>{8, 17}));
+  // Consecutive tokens: each window is a slice.
+  EXPECT_TRUE(
+      torch::equal(windows.diff(1, 1), torch::ones({8, 16}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(sample_windows(tokens, 8, 16, 5), windows));
+  EXPECT_THROW(
+      sample_windows(tokens.slice(0, 0, 10), 2, 16, 0), std::invalid_argument);
 }
 
 } // namespace
