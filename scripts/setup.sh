@@ -50,6 +50,26 @@ else
   echo "$want" >"$stamp"
 fi
 
+# --- Data that Debian ships inside another package -------------------------------------------
+# scikit-learn's 8x8 digits (1797 images, CSV) from the python3-sklearn .deb, extracted without
+# installing the package.
+digits=$cache/data/digits.csv.gz
+if [[ ! -s $digits ]]; then
+  log "extracting digits.csv.gz from Debian's python3-sklearn"
+  mkdir -p "$cache/data" "$cache/debs"
+  if ! (cd "$cache/debs" && apt-get download -qq python3-sklearn 2>/dev/null); then
+    sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    (cd "$cache/debs" && apt-get download -qq python3-sklearn)
+  fi
+  deb=$(ls -t "$cache"/debs/python3-sklearn_*.deb | head -1)
+  dpkg-deb --fsys-tarfile "$deb" |
+    tar -xO ./usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz >"$digits.tmp"
+  mv "$digits.tmp" "$digits"
+else
+  log "digits: present"
+fi
+
 # LibTorch must load: a broken install fails here with the loader's message, not in a test.
 "$venv/bin/python" - <<'PY'
 import torch

@@ -175,6 +175,54 @@ TEST(Idx, CorruptFilesAreRefusedNamingTheFile) {
   dir.file("fashion_mnist.safetensors");
 }
 
+TEST(Digits, RealFileHasTheDocumentedShape) {
+  const auto digits = load_digits();
+  // scikit-learn's documentation: 1797 samples of 8x8 pixels 0..16, 10
+  // classes of about 180 each.
+  ASSERT_EQ(digits.size(), 1797);
+  EXPECT_EQ(digits.images.sizes(), (std::vector<int64_t>{1797, 1, 8, 8}));
+  EXPECT_EQ(digits.images.min().item<float>(), 0.0f);
+  EXPECT_EQ(digits.images.max().item<float>(), 1.0f);
+  const auto counts = torch::bincount(digits.labels);
+  ASSERT_EQ(counts.numel(), 10);
+  EXPECT_GE(counts.min().item<int64_t>(), 170);
+  EXPECT_LE(counts.max().item<int64_t>(), 190);
+  // Pixels are multiples of 1/16.
+  EXPECT_TRUE(
+      torch::equal(digits.images * 16, torch::round(digits.images * 16)));
+}
+
+TEST(Digits, MalformedRowsNameTheLine) {
+  ScratchDir dir;
+  std::string good;
+  for (int i = 0; i < 64; ++i)
+    good += "3,";
+  auto write = [&](const std::string& name, const std::string& text) {
+    const auto path = dir.file(name);
+    gzFile f = gzopen(path.c_str(), "wb");
+    gzwrite(f, text.data(), text.size());
+    gzclose(f);
+    return path;
+  };
+  const auto ok = write("ok.csv.gz", good + "7\n" + good + "2\n");
+  EXPECT_EQ(load_digits(ok).size(), 2);
+  const auto short_row = write("short.csv.gz", good + "7\n3,4\n");
+  expect_refused(
+      [&] { load_digits(short_row); },
+      short_row,
+      "line 2: expected 65 comma-separated values");
+  const auto label = write("label.csv.gz", good + "12\n");
+  expect_refused(
+      [&] { load_digits(label); }, label, "line 1: label 12 is outside 0..9");
+  const auto pixel = write("pixel.csv.gz", "17," + good.substr(2) + "1\n");
+  expect_refused(
+      [&] { load_digits(pixel); }, pixel, "line 1: pixel 17 is outside 0..16");
+  const auto text = write("text.csv.gz", "x," + good.substr(2) + "1\n");
+  expect_refused([&] { load_digits(text); }, text, "'x' is not a whole number");
+  const auto empty = write("empty.csv.gz", "");
+  expect_refused([&] { load_digits(empty); }, empty, "holds no rows");
+}
+
 TEST(Batching, SplitsAndBatchesAreDeterministic) {
   ImageDataset data{torch::randn({100, 1, 2, 2}), torch::arange(100)};
   const auto [train, val] = split(data, 20, 7);

@@ -5,11 +5,13 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 
 #include "qat/export/safetensors.h"
+#include "trainers/data/gz_file.h"
 #include "trainers/data/idx.h"
 
 namespace qat::data {
@@ -106,6 +108,60 @@ ImageSplits load_fashion_mnist(
   return {
       images_and_labels(files[0], files[1], raw[0], raw[1]),
       images_and_labels(files[2], files[3], raw[2], raw[3])};
+}
+
+ImageDataset load_digits(const std::string& path) {
+  constexpr int kPixels = 64;
+  GzFile file(path, "digits CSV");
+  const std::string text = file.read_all();
+  std::vector<float> pixels;
+  std::vector<int64_t> labels;
+  size_t line_start = 0;
+  for (int line = 1; line_start < text.size(); ++line) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos)
+      line_end = text.size();
+    const std::string row = text.substr(line_start, line_end - line_start);
+    line_start = line_end + 1;
+    if (row.empty())
+      continue;
+    const auto where = [&] { return "line " + std::to_string(line) + ": "; };
+    size_t pos = 0;
+    for (int column = 0; column <= kPixels; ++column) {
+      const size_t comma = row.find(',', pos);
+      const bool last = column == kPixels;
+      if ((comma == std::string::npos) != last) {
+        file.fail(
+            where() + "expected " + std::to_string(kPixels + 1) +
+            " comma-separated values");
+      }
+      const std::string cell =
+          row.substr(pos, last ? std::string::npos : comma - pos);
+      pos = comma + 1;
+      char* end = nullptr;
+      const double value = std::strtod(cell.c_str(), &end);
+      if (cell.empty() || *end != '\0' || value != std::floor(value)) {
+        file.fail(where() + "'" + cell + "' is not a whole number");
+      }
+      const double max = last ? 9 : 16;
+      if (value < 0 || value > max) {
+        file.fail(
+            where() + (last ? "label " : "pixel ") + cell + " is outside 0.." +
+            std::to_string(static_cast<int>(max)));
+      }
+      if (last) {
+        labels.push_back(static_cast<int64_t>(value));
+      } else {
+        pixels.push_back(static_cast<float>(value / 16.0));
+      }
+    }
+  }
+  if (labels.empty())
+    file.fail("holds no rows");
+  const auto n = static_cast<int64_t>(labels.size());
+  return {
+      torch::tensor(pixels).view({n, 1, 8, 8}),
+      torch::tensor(labels, torch::kLong)};
 }
 
 std::pair<ImageDataset, ImageDataset> split(

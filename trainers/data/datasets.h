@@ -45,6 +45,13 @@ ImageSplits load_fashion_mnist(
     const std::string& dir = kFashionMnistDir,
     const std::string& cache_dir = data_cache_dir());
 
+// scikit-learn's 8x8 handwritten digits (1797 images, labels 0..9, pixels
+// 0..16), a CSV of 64 pixel columns and a label column, extracted from
+// Debian's python3-sklearn by scripts/setup.sh. Images come as [N, 1, 8, 8]
+// scaled to [0, 1]. Errors name the file and the line.
+ImageDataset load_digits(
+    const std::string& path = data_cache_dir() + "/digits.csv.gz");
+
 // The last `validation_size` examples of a seeded permutation form the
 // validation set, the rest the training set: the same split for the same seed.
 std::pair<ImageDataset, ImageDataset> split(

@@ -1,13 +1,11 @@
 #include "trainers/data/idx.h"
 
 #include <torch/torch.h>
-#include <zlib.h>
 
-#include <cerrno>
-#include <cstring>
-#include <memory>
 #include <stdexcept>
 #include <vector>
+
+#include "trainers/data/gz_file.h"
 
 namespace qat::data {
 namespace {
@@ -16,49 +14,10 @@ namespace {
   throw std::runtime_error("IDX file '" + path + "': " + what);
 }
 
-// gzread reads plain files too, so one reader serves .gz and uncompressed.
-class GzFile {
- public:
-  explicit GzFile(const std::string& path) : path_(path) {
-    file_ = gzopen(path.c_str(), "rb");
-    if (!file_)
-      fail(path, std::string("cannot open: ") + std::strerror(errno));
-  }
-  ~GzFile() {
-    if (file_)
-      gzclose(file_);
-  }
-  GzFile(const GzFile&) = delete;
-  GzFile& operator=(const GzFile&) = delete;
-
-  // Reads up to n bytes; returns how many were read.
-  size_t read(void* out, size_t n) {
-    size_t total = 0;
-    auto* bytes = static_cast<unsigned char*>(out);
-    while (total < n) {
-      const unsigned chunk =
-          static_cast<unsigned>(std::min<size_t>(n - total, 1u << 30));
-      const int got = gzread(file_, bytes + total, chunk);
-      if (got < 0) {
-        int code = 0;
-        fail(path_, std::string("corrupt gzip data: ") + gzerror(file_, &code));
-      }
-      if (got == 0)
-        break;
-      total += static_cast<size_t>(got);
-    }
-    return total;
-  }
-
- private:
-  std::string path_;
-  gzFile file_ = nullptr;
-};
-
 } // namespace
 
 torch::Tensor read_idx_u8(const std::string& path) {
-  GzFile file(path);
+  GzFile file(path, "IDX file");
   unsigned char magic[4];
   if (file.read(magic, 4) != 4)
     fail(path, "truncated: shorter than the 4-byte magic");
