@@ -5,24 +5,20 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
+
 #include "ops/ops.h"
 #include "qat/modules/activation.h"
 #include "qat/modules/conv.h"
 #include "qat/modules/embedding.h"
 #include "qat/modules/linear.h"
+#include "qat/prepare.h"
 #include "tests/test_helpers.h"
 
 namespace qat {
 namespace {
 
 using testing::bitwise_equal;
-
-void set_fake_quant(torch::nn::Module& module, bool on) {
-  for (const auto& child : module.modules()) {
-    if (auto* fq = child->as<FakeQuantizerImpl>())
-      fq->enable_fake_quant(on);
-  }
-}
 
 // ATen's per-channel fake-quant of the rows of x (int8, symmetric, zero point
 // 0) with torch.ao's symmetric scale max|row| / 127.5: the independent
@@ -214,6 +210,144 @@ TEST(QuantModules, PresetsGiveTheDocumentedSpecs) {
         QuantLinear::from_float(fc, preset(name))(torch::randn({2, 256})))
         << name;
   }
+}
+
+// A small language-model-shaped network built from qat layers (float until
+// prepared): embedding, two blocks in a ModuleList, an activation, a head.
+struct TinyLm : torch::nn::Module {
+  QuantEmbedding embed{nullptr};
+  QuantLinear fc0{nullptr}, fc1{nullptr}, head{nullptr};
+  QuantActivation act{nullptr};
+  TinyLm() {
+    torch::manual_seed(9);
+    embed = register_module(
+        "embed",
+        QuantEmbedding(
+            torch::nn::EmbeddingOptions(50, 128), LayerQuantSpecs{}));
+    auto blocks = register_module("blocks", torch::nn::ModuleList());
+    fc0 = QuantLinear(torch::nn::LinearOptions(128, 128), LayerQuantSpecs{});
+    fc1 = QuantLinear(torch::nn::LinearOptions(128, 128), LayerQuantSpecs{});
+    blocks->push_back(fc0);
+    blocks->push_back(fc1);
+    act = register_module(
+        "act", QuantActivation(ActivationKind::relu, LayerQuantSpecs{}));
+    head = register_module(
+        "lm_head",
+        QuantLinear(torch::nn::LinearOptions(128, 50), LayerQuantSpecs{}));
+  }
+  torch::Tensor forward(const torch::Tensor& ids) {
+    auto x = embed(ids);
+    x = act(fc0(x));
+    x = act(fc1(x));
+    return head(x);
+  }
+};
+
+QuantConfig tiny_config() {
+  LayerQuantSpecs rows, activations;
+  rows.weight = FakeQuantizerOptions(
+      QuantSpec().granularity(Granularity::per_channel).axis(0));
+  activations.output = FakeQuantizerOptions(QuantSpec().is_signed(false));
+  return {{
+      QuantRule::skip("lm_head"),
+      QuantRule::quantize("re:blocks\\.[0-9]+", preset("w4a16_g128"), "Linear"),
+      QuantRule::quantize("embed*", rows),
+      QuantRule::quantize("*", activations, "Activation"),
+  }};
+}
+
+TEST(Prepare, TheFirstMatchingRuleDecidesEachLayer) {
+  TinyLm model;
+  const auto report = prepare(model, tiny_config());
+  std::map<std::string, int> rule_of;
+  for (const auto& l : report.layers)
+    rule_of[l.name] = l.rule;
+  EXPECT_EQ(
+      rule_of,
+      (std::map<std::string, int>{
+          {"embed", 2},
+          {"blocks.0", 1},
+          {"blocks.1", 1},
+          {"act", 3},
+          {"lm_head", 0}}));
+  EXPECT_EQ(
+      model.fc0->specs.weight->spec(), preset("w4a16_g128").weight->spec());
+  EXPECT_FALSE(model.head->specs.weight.has_value());
+  EXPECT_TRUE(model.head->quantizers.weight.is_empty());
+  EXPECT_FALSE(model.act->quantizers.output.is_empty());
+  const std::string table = report.table();
+  EXPECT_NE(table.find("lm_head"), std::string::npos);
+  EXPECT_NE(
+      table.find("int4 sym per_group(axis=-1, group=128)"), std::string::npos)
+      << table;
+  // Re-preparing replaces the quantizers rather than adding to them.
+  prepare(model, tiny_config());
+  EXPECT_EQ(model.fc0->named_children().size(), 1u);
+}
+
+TEST(Prepare, QuantizersOffKeepTheOutputsBitIdentical) {
+  TinyLm model;
+  const auto ids = torch::randint(0, 50, {3, 11});
+  const auto before = model.forward(ids);
+  prepare(model, tiny_config());
+  set_fake_quant(model, false);
+  EXPECT_TRUE(bitwise_equal(model.forward(ids), before));
+}
+
+TEST(Prepare, CalibrateFreezesObserversAndQuantizes) {
+  TinyLm model;
+  const auto ids = torch::randint(0, 50, {4, 16});
+  const auto float_out = model.forward(ids);
+  prepare(model, tiny_config());
+  calibrate(model, [&] { model.forward(ids); });
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto* fq = m->as<FakeQuantizerImpl>()) {
+      EXPECT_FALSE(fq->observer_enabled());
+      EXPECT_TRUE(fq->fake_quant_enabled());
+    }
+  }
+  const auto ptq_out = model.forward(ids);
+  EXPECT_FALSE(torch::equal(ptq_out, float_out));
+  const double relative =
+      ((ptq_out - float_out).norm() / float_out.norm()).item<double>();
+  EXPECT_LT(relative, 0.2) << relative;
+}
+
+TEST(Prepare, BadConfigsAndFloatLayersAreRefused) {
+  auto expect_refused = [](torch::nn::Module& model,
+                           const QuantConfig& config,
+                           const std::string& words) {
+    try {
+      prepare(model, config);
+      ADD_FAILURE() << "accepted; expected an error about '" << words << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos)
+          << e.what();
+    }
+  };
+  TinyLm model;
+  expect_refused(
+      model,
+      {{QuantRule::quantize("blocks.9*", preset("w8a8_int8"))}},
+      "rule 0 ('blocks.9*') matches no layer");
+  expect_refused(
+      model,
+      {{QuantRule::quantize("re:([", preset("w8a8_int8"))}},
+      "invalid regex");
+  expect_refused(
+      model,
+      {{QuantRule::quantize("*", preset("w8a8_int8"), "Dense")}},
+      "unknown layer type 'Dense'");
+  // Nothing was changed by the refused configs.
+  EXPECT_TRUE(model.fc0->quantizers.weight.is_empty());
+
+  struct FloatNet : torch::nn::Module {
+    torch::nn::Linear fc{nullptr};
+    FloatNet() {
+      fc = register_module("fc", torch::nn::Linear(4, 4));
+    }
+  } float_net;
+  expect_refused(float_net, {}, "layer 'fc' is a torch::nn::Linear");
 }
 
 } // namespace

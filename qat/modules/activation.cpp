@@ -26,13 +26,17 @@ const char* kind_name(ActivationKind kind) {
 QuantActivationImpl::QuantActivationImpl(
     ActivationKind kind_,
     LayerQuantSpecs specs_)
-    : kind(kind_), specs(std::move(specs_)) {
-  if (specs.weight) {
+    : QuantizedLayer(std::move(specs_)), kind(kind_) {
+  check_specs(specs);
+  reset();
+}
+
+void QuantActivationImpl::check_specs(const LayerQuantSpecs& s) const {
+  if (s.weight) {
     throw std::invalid_argument(
         std::string("QuantActivation(") + kind_name(kind) +
         "): an activation has no weight to quantize");
   }
-  reset();
 }
 
 void QuantActivationImpl::reset() {

@@ -10,17 +10,25 @@ namespace qat {
 
 enum class ActivationKind { identity, relu, gelu, silu };
 
-class QuantActivationImpl : public torch::nn::Cloneable<QuantActivationImpl> {
+class QuantActivationImpl : public torch::nn::Cloneable<QuantActivationImpl>,
+                            public QuantizedLayer {
  public:
   QuantActivationImpl(ActivationKind kind, LayerQuantSpecs specs);
 
   void reset() override;
   torch::Tensor forward(const torch::Tensor& input);
   void pretty_print(std::ostream& stream) const override;
+  const char* layer_type() const override {
+    return "Activation";
+  }
 
   ActivationKind kind;
-  LayerQuantSpecs specs;
-  LayerQuantizers quantizers;
+
+ protected:
+  torch::nn::Module& layer_module() override {
+    return *this;
+  }
+  void check_specs(const LayerQuantSpecs& specs) const override;
 };
 TORCH_MODULE(QuantActivation);
 

@@ -12,8 +12,8 @@ QuantConv2dImpl::QuantConv2dImpl(
     torch::nn::Conv2dOptions options_,
     LayerQuantSpecs specs_,
     std::optional<torch::nn::BatchNorm2dOptions> batch_norm_)
-    : options(std::move(options_)),
-      specs(std::move(specs_)),
+    : QuantizedLayer(std::move(specs_)),
+      options(std::move(options_)),
       batch_norm_options(std::move(batch_norm_)) {
   if (!std::holds_alternative<torch::enumtype::kZeros>(
           options.padding_mode())) {

@@ -25,7 +25,8 @@
 
 namespace qat {
 
-class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
+class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
+                        public QuantizedLayer {
  public:
   QuantConv2dImpl(
       torch::nn::Conv2dOptions options,
@@ -45,13 +46,19 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   // The float Conv2d to serve: with BN folded into its weight and bias.
   torch::nn::Conv2d to_float() const;
   void pretty_print(std::ostream& stream) const override;
+  const char* layer_type() const override {
+    return "Conv2d";
+  }
 
   torch::nn::Conv2dOptions options;
-  LayerQuantSpecs specs;
   std::optional<torch::nn::BatchNorm2dOptions> batch_norm_options;
   torch::Tensor weight, bias;
   torch::nn::BatchNorm2d batch_norm{nullptr};
-  LayerQuantizers quantizers;
+
+ protected:
+  torch::nn::Module& layer_module() override {
+    return *this;
+  }
 
  private:
   torch::Tensor conv(

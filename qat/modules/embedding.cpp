@@ -10,13 +10,17 @@ namespace qat {
 QuantEmbeddingImpl::QuantEmbeddingImpl(
     torch::nn::EmbeddingOptions options_,
     LayerQuantSpecs specs_)
-    : options(std::move(options_)), specs(std::move(specs_)) {
-  if (specs.input) {
+    : QuantizedLayer(std::move(specs_)), options(std::move(options_)) {
+  check_specs(specs);
+  reset();
+}
+
+void QuantEmbeddingImpl::check_specs(const LayerQuantSpecs& s) const {
+  if (s.input) {
     throw std::invalid_argument(
         "QuantEmbedding: its input is indices, which are not quantized; "
         "give a weight (and optionally an output) spec only");
   }
-  reset();
 }
 
 void QuantEmbeddingImpl::reset() {

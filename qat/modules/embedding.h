@@ -9,7 +9,8 @@
 
 namespace qat {
 
-class QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl> {
+class QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl>,
+                           public QuantizedLayer {
  public:
   QuantEmbeddingImpl(
       torch::nn::EmbeddingOptions options,
@@ -19,11 +20,18 @@ class QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl> {
   torch::Tensor forward(const torch::Tensor& indices);
   torch::nn::Embedding to_float() const;
   void pretty_print(std::ostream& stream) const override;
+  const char* layer_type() const override {
+    return "Embedding";
+  }
 
   torch::nn::EmbeddingOptions options;
-  LayerQuantSpecs specs;
   torch::Tensor weight;
-  LayerQuantizers quantizers;
+
+ protected:
+  torch::nn::Module& layer_module() override {
+    return *this;
+  }
+  void check_specs(const LayerQuantSpecs& specs) const override;
 };
 
 class QuantEmbedding : public torch::nn::ModuleHolder<QuantEmbeddingImpl> {

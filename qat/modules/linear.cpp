@@ -10,7 +10,7 @@ namespace qat {
 QuantLinearImpl::QuantLinearImpl(
     torch::nn::LinearOptions options_,
     LayerQuantSpecs specs_)
-    : options(std::move(options_)), specs(std::move(specs_)) {
+    : QuantizedLayer(std::move(specs_)), options(std::move(options_)) {
   reset();
 }
 

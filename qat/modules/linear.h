@@ -14,7 +14,8 @@
 
 namespace qat {
 
-class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
+class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl>,
+                        public QuantizedLayer {
  public:
   QuantLinearImpl(torch::nn::LinearOptions options, LayerQuantSpecs specs);
 
@@ -23,11 +24,17 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   // A float Linear holding this layer's (trained) float weights.
   torch::nn::Linear to_float() const;
   void pretty_print(std::ostream& stream) const override;
+  const char* layer_type() const override {
+    return "Linear";
+  }
 
   torch::nn::LinearOptions options;
-  LayerQuantSpecs specs;
   torch::Tensor weight, bias;
-  LayerQuantizers quantizers;
+
+ protected:
+  torch::nn::Module& layer_module() override {
+    return *this;
+  }
 };
 
 class QuantLinear : public torch::nn::ModuleHolder<QuantLinearImpl> {

@@ -23,4 +23,29 @@ struct LayerQuantizers {
   static torch::Tensor apply(FakeQuantizer& quantizer, const torch::Tensor& x);
 };
 
+// The part every quantized module shares: its specs, its quantizers, and the
+// way prepare() replaces them. A module built with empty specs computes
+// exactly what the float module computes, so models are built from quantized
+// modules from the start and prepare() attaches quantizers by name.
+class QuantizedLayer {
+ public:
+  virtual ~QuantizedLayer() = default;
+  // What QuantConfig rules match on: "Linear", "Conv2d", "Embedding",
+  // "Activation".
+  virtual const char* layer_type() const = 0;
+  // Replaces the quantizers (unregistering the old ones); the new ones live
+  // on the device of the layer's parameters. Throws std::invalid_argument when
+  // the specs do not fit the layer.
+  void set_specs(LayerQuantSpecs new_specs);
+
+  LayerQuantSpecs specs;
+  LayerQuantizers quantizers;
+
+ protected:
+  explicit QuantizedLayer(LayerQuantSpecs initial)
+      : specs(std::move(initial)) {}
+  virtual void check_specs(const LayerQuantSpecs&) const {}
+  virtual torch::nn::Module& layer_module() = 0;
+};
+
 } // namespace qat
