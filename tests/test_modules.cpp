@@ -14,6 +14,7 @@
 #include "qat/modules/linear.h"
 #include "qat/prepare.h"
 #include "tests/test_helpers.h"
+#include "trainers/models/classifiers.h"
 
 namespace qat {
 namespace {
@@ -348,6 +349,42 @@ TEST(Prepare, BadConfigsAndFloatLayersAreRefused) {
     }
   } float_net;
   expect_refused(float_net, {}, "layer 'fc' is a torch::nn::Linear");
+}
+
+TEST(Models, ResNetLayersAreNamedAndQuantizable) {
+  torch::manual_seed(3);
+  models::ResNet net;
+  std::vector<std::string> convs;
+  for (const auto& item : net->named_modules("", /*include_self=*/false)) {
+    if (auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
+        layer && std::string(layer->layer_type()) == "Conv2d")
+      convs.push_back(item.key());
+  }
+  EXPECT_EQ(
+      convs,
+      (std::vector<std::string>{
+          "stem",
+          "stages.0.0.conv1",
+          "stages.0.0.conv2",
+          "stages.1.0.conv1",
+          "stages.1.0.conv2",
+          "stages.1.0.shortcut"}));
+  const auto images = torch::rand({4, 1, 28, 28});
+  const auto labels = torch::randint(0, 10, {4});
+  EXPECT_EQ(net->forward(images).sizes(), (std::vector<int64_t>{4, 10}));
+
+  prepare(
+      *net,
+      {{QuantRule::quantize("*", preset("w8a8_int8_static"), "Conv2d"),
+        QuantRule::quantize("head", preset("w8a8_int8"))}});
+  net->train();
+  const auto loss =
+      torch::nn::functional::cross_entropy(net->forward(images), labels);
+  loss.backward();
+  // Gradients reach the first layer through every fake-quantized conv.
+  const auto stem_grad = net->named_parameters()["stem.weight"].grad();
+  ASSERT_TRUE(stem_grad.defined());
+  EXPECT_GT(stem_grad.abs().sum().item<float>(), 0.0f);
 }
 
 } // namespace
