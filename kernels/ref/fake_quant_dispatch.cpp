@@ -160,39 +160,7 @@ void lsq_backward_fast(
       row_end);
 }
 
-#define QAT_INSTANTIATE(T)                             \
-  template void fake_quant_affine_fast<T>(             \
-      const T*,                                        \
-      T*,                                              \
-      uint8_t*,                                        \
-      const RowLayout&,                                \
-      const AffineParams&,                             \
-      int64_t,                                         \
-      int64_t);                                        \
-  template void fake_quant_fp8_fast<T>(                \
-      const T*,                                        \
-      T*,                                              \
-      uint8_t*,                                        \
-      const RowLayout&,                                \
-      const float*,                                    \
-      Fp8Format,                                       \
-      int64_t,                                         \
-      int64_t);                                        \
-  template void mask_backward_fast<T>(                 \
-      const T*, const uint8_t*, T*, int64_t, int64_t); \
-  template void lsq_backward_fast<T>(                  \
-      const T*,                                        \
-      const T*,                                        \
-      T*,                                              \
-      double*,                                         \
-      double*,                                         \
-      const RowLayout&,                                \
-      const AffineParams&,                             \
-      float,                                           \
-      int64_t,                                         \
-      int64_t);
-QAT_INSTANTIATE(float)
-QAT_INSTANTIATE(BFloat16)
-#undef QAT_INSTANTIATE
+QAT_INSTANTIATE_CPU_KERNELS(fast, float)
+QAT_INSTANTIATE_CPU_KERNELS(fast, BFloat16)
 
 } // namespace qat::kernels

@@ -151,4 +151,38 @@ void lsq_backward_fast(
     int64_t row_begin,
     int64_t row_end);
 
+// Explicit instantiations of one kernel family (ref or fast) for element type
+// T, for the .cpp files that define them.
+#define QAT_INSTANTIATE_CPU_KERNELS(KIND, T)           \
+  template void fake_quant_affine_##KIND<T>(           \
+      const T*,                                        \
+      T*,                                              \
+      uint8_t*,                                        \
+      const RowLayout&,                                \
+      const AffineParams&,                             \
+      int64_t,                                         \
+      int64_t);                                        \
+  template void fake_quant_fp8_##KIND<T>(              \
+      const T*,                                        \
+      T*,                                              \
+      uint8_t*,                                        \
+      const RowLayout&,                                \
+      const float*,                                    \
+      Fp8Format,                                       \
+      int64_t,                                         \
+      int64_t);                                        \
+  template void mask_backward_##KIND<T>(               \
+      const T*, const uint8_t*, T*, int64_t, int64_t); \
+  template void lsq_backward_##KIND<T>(                \
+      const T*,                                        \
+      const T*,                                        \
+      T*,                                              \
+      double*,                                         \
+      double*,                                         \
+      const RowLayout&,                                \
+      const AffineParams&,                             \
+      float,                                           \
+      int64_t,                                         \
+      int64_t);
+
 } // namespace qat::kernels
