@@ -8,6 +8,8 @@
 #include <map>
 
 #include "ops/ops.h"
+#include "qat/convert.h"
+#include "qat/export/safetensors.h"
 #include "qat/modules/activation.h"
 #include "qat/modules/conv.h"
 #include "qat/modules/embedding.h"
@@ -349,6 +351,83 @@ TEST(Prepare, BadConfigsAndFloatLayersAreRefused) {
     }
   } float_net;
   expect_refused(float_net, {}, "layer 'fc' is a torch::nn::Linear");
+}
+
+// What is trained is what is served: after convert() the model computes with
+// dequantized real low-precision weights and gives the same bits.
+TEST(Convert, ConvertedModelComputesTheSameBits) {
+  TinyLm model;
+  prepare(model, tiny_config());
+  const auto ids = torch::randint(0, 50, {3, 9});
+  calibrate(model, [&] { model.forward(ids); });
+  const auto fake_quantized = model.forward(ids);
+  EXPECT_EQ(convert(model), 3); // embed, blocks.0, blocks.1 (lm_head skipped)
+  EXPECT_TRUE(bitwise_equal(model.forward(ids), fake_quantized));
+
+  const auto weights = quantized_weights(model);
+  ASSERT_EQ(weights.size(), 3u);
+  const QuantizedWeight& w4 = *weights.at("blocks.0");
+  EXPECT_EQ(w4.data.scalar_type(), torch::kByte); // packed two per byte
+  EXPECT_EQ(w4.data.numel(), 128 * 128 / 2);
+  EXPECT_EQ(weights.at("embed")->data.scalar_type(), torch::kChar);
+  EXPECT_LT(w4.storage_bytes(), 128 * 128 * 4 / 6);
+}
+
+TEST(Convert, EveryPresetMatchesFakeQuantAndAtenCodes) {
+  torch::manual_seed(12);
+  const auto x = torch::randn({4, 256});
+  for (const auto& name : preset_names()) {
+    torch::nn::Linear fc(256, 32);
+    auto layer = QuantLinear::from_float(fc, preset(name));
+    calibrate(*layer, [&] { layer(x); });
+    const auto fake_quantized = layer(x);
+    layer->convert_weight();
+    EXPECT_TRUE(bitwise_equal(layer(x), fake_quantized)) << name;
+  }
+  // int4 per channel: the codes times the scales are ATen's fake-quant.
+  torch::nn::Linear fc(64, 16);
+  LayerQuantSpecs int4;
+  int4.weight = FakeQuantizerOptions(
+      QuantSpec().bits(4).granularity(Granularity::per_channel).axis(0));
+  auto layer = QuantLinear::from_float(fc, int4);
+  layer->convert_weight();
+  const QuantizedWeight& q = *layer->quantized_weight;
+  const auto codes = q.codes();
+  EXPECT_GE(codes.min().item<int>(), -8);
+  EXPECT_LE(codes.max().item<int>(), 7);
+  EXPECT_TRUE(bitwise_equal(
+      q.dequantize(),
+      at::fake_quantize_per_channel_affine(
+          fc->weight.detach(), q.scale, q.zero_point, 0, -8, 7)));
+}
+
+TEST(Convert, QuantizedWeightsRoundTripThroughSafetensors) {
+  torch::nn::Linear fc(32, 8);
+  LayerQuantSpecs int4_groups;
+  int4_groups.weight =
+      FakeQuantizerOptions(QuantSpec()
+                               .bits(4)
+                               .granularity(Granularity::per_group)
+                               .axis(-1)
+                               .group_size(16));
+  auto layer = QuantLinear::from_float(fc, int4_groups);
+  layer->convert_weight();
+  const QuantizedWeight& q = *layer->quantized_weight;
+  const std::string path =
+      "/tmp/qat_convert_" + std::to_string(::getpid()) + ".safetensors";
+  safetensors::write(
+      path,
+      {{"weight_packed", q.data},
+       {"weight_scale", q.scale},
+       {"weight_zero_point", q.zero_point}});
+  const auto file = safetensors::File::read(path);
+  std::remove(path.c_str());
+  QuantizedWeight back = q;
+  back.data = file.tensor("weight_packed");
+  back.scale = file.tensor("weight_scale");
+  back.zero_point = file.tensor("weight_zero_point");
+  EXPECT_TRUE(bitwise_equal(back.dequantize(), q.dequantize()));
+  EXPECT_TRUE(torch::equal(back.codes(), q.codes()));
 }
 
 TEST(Models, ResNetLayersAreNamedAndQuantizable) {

@@ -77,7 +77,7 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
   torch::Tensor y;
   if (batch_norm.is_empty()) {
     // Bias inside the convolution, as torch::nn::Conv2d does: same bits.
-    y = conv(x, quantize_weight(weight), bias);
+    y = conv(x, effective_weight(weight.flatten(1)).view(weight.sizes()), bias);
   } else {
     const torch::Tensor gamma = bn_scale();
     y = conv(x, quantize_weight(weight * gamma.reshape({-1, 1, 1, 1})), {}) /

@@ -59,6 +59,11 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
   torch::nn::Module& layer_module() override {
     return *this;
   }
+  // With BatchNorm folded, the quantized weight depends on BN's statistics;
+  // converting that needs the whole folded conv (not done yet).
+  torch::Tensor quantizer_input() const override {
+    return batch_norm.is_empty() ? weight.flatten(1) : torch::Tensor();
+  }
 
  private:
   torch::Tensor conv(

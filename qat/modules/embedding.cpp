@@ -37,7 +37,7 @@ void QuantEmbeddingImpl::reset() {
 }
 
 torch::Tensor QuantEmbeddingImpl::forward(const torch::Tensor& indices) {
-  const torch::Tensor table = LayerQuantizers::apply(quantizers.weight, weight);
+  const torch::Tensor table = effective_weight(weight);
   return LayerQuantizers::apply(
       quantizers.output,
       torch::nn::functional::embedding(

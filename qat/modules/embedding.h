@@ -31,6 +31,9 @@ class QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl>,
   torch::nn::Module& layer_module() override {
     return *this;
   }
+  torch::Tensor quantizer_input() const override {
+    return weight;
+  }
   void check_specs(const LayerQuantSpecs& specs) const override;
 };
 

@@ -31,7 +31,7 @@ void QuantLinearImpl::reset() {
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
   const torch::Tensor x = LayerQuantizers::apply(quantizers.input, input);
-  const torch::Tensor w = LayerQuantizers::apply(quantizers.weight, weight);
+  const torch::Tensor w = effective_weight(weight);
   return LayerQuantizers::apply(
       quantizers.output, torch::nn::functional::linear(x, w, bias));
 }

@@ -35,6 +35,9 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl>,
   torch::nn::Module& layer_module() override {
     return *this;
   }
+  torch::Tensor quantizer_input() const override {
+    return weight;
+  }
 };
 
 class QuantLinear : public torch::nn::ModuleHolder<QuantLinearImpl> {

@@ -29,8 +29,45 @@ torch::Tensor LayerQuantizers::apply(
   return quantizer.is_empty() ? x : quantizer(x);
 }
 
+void QuantizedLayer::convert_weight() {
+  const torch::Tensor w = quantizer_input();
+  if (!w.defined()) {
+    throw std::invalid_argument(
+        std::string("convert: a ") + layer_type() +
+        " layer of this kind cannot be converted yet");
+  }
+  FakeQuantizerImpl& fq = *quantizers.weight;
+  const QuantSpec& spec = fq.options().spec();
+  torch::NoGradGuard no_grad;
+  QParams q{fq.scale(), fq.zero_point()};
+  if (spec.dynamic()) {
+    const auto [lo, hi] =
+        torch::aminmax(rows_for_params(w.to(torch::kFloat), spec), 1);
+    const QParams rows = qparams_from_range(lo, hi, spec);
+    q = {
+        params_shape(rows.scale, w, spec),
+        params_shape(rows.zero_point, w, spec)};
+  } else if (!fq.observer()->has_observed()) {
+    fq.forward(w);
+    q = {fq.scale(), fq.zero_point()};
+  }
+  // A learned (LSQ+) zero point is rounded as the fake-quant op rounds it.
+  const torch::Tensor zp = q.zero_point.is_floating_point()
+      ? torch::round(q.zero_point).clamp(spec.quant_min(), spec.quant_max())
+      : q.zero_point;
+  quantized_weight = QuantizedWeight::quantize(w, spec, q.scale, zp);
+}
+
+torch::Tensor QuantizedLayer::effective_weight(const torch::Tensor& w) {
+  if (quantized_weight) {
+    return quantized_weight->dequantize().view(w.sizes()).to(w.scalar_type());
+  }
+  return LayerQuantizers::apply(quantizers.weight, w);
+}
+
 void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
   check_specs(new_specs);
+  quantized_weight.reset();
   torch::nn::Module& module = layer_module();
   const auto children = module.named_children();
   for (const char* name :

@@ -4,6 +4,7 @@
 
 #include <torch/nn/module.h>
 
+#include "qat/convert.h"
 #include "qat/modules/layer_specs.h"
 
 namespace qat {
@@ -38,14 +39,27 @@ class QuantizedLayer {
   // the specs do not fit the layer.
   void set_specs(LayerQuantSpecs new_specs);
 
+  // convert(): quantizes the weight with the weight quantizer's scale and
+  // zero point (observing the weight first if it never was); from then on
+  // the forward dequantizes quantized_weight instead of fake-quantizing.
+  void convert_weight();
+  // The weight the forward computes with: dequantized after convert(), else
+  // `w` through the weight quantizer (if any).
+  torch::Tensor effective_weight(const torch::Tensor& w);
+
   LayerQuantSpecs specs;
   LayerQuantizers quantizers;
+  std::optional<QuantizedWeight> quantized_weight;
 
  protected:
   explicit QuantizedLayer(LayerQuantSpecs initial)
       : specs(std::move(initial)) {}
   virtual void check_specs(const LayerQuantSpecs&) const {}
   virtual torch::nn::Module& layer_module() = 0;
+  // The tensor the weight quantizer sees (undefined: cannot be converted).
+  virtual torch::Tensor quantizer_input() const {
+    return {};
+  }
 };
 
 } // namespace qat

@@ -1,0 +1,141 @@
+#include "qat/convert.h"
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+#include "qat/modules/quantizers.h"
+
+namespace qat {
+namespace {
+
+// scale / zero point (in the ops' layout for `spec`) broadcast to `shape`.
+torch::Tensor expand_params(
+    const torch::Tensor& p,
+    const QuantSpec& spec,
+    at::IntArrayRef shape) {
+  const int64_t dim = static_cast<int64_t>(shape.size());
+  switch (spec.granularity()) {
+    case Granularity::per_tensor:
+      return p.reshape({}).expand(shape);
+    case Granularity::per_channel: {
+      std::vector<int64_t> view(dim, 1);
+      const int64_t axis = spec.axis() < 0 ? spec.axis() + dim : spec.axis();
+      view[axis] = -1;
+      return p.reshape(view).expand(shape);
+    }
+    case Granularity::per_group: {
+      const int64_t axis = spec.axis() < 0 ? spec.axis() + dim : spec.axis();
+      return p.repeat_interleave(spec.group_size(), axis);
+    }
+    case Granularity::per_token:
+      return p.expand(shape);
+  }
+  throw std::logic_error("unknown granularity");
+}
+
+torch::ScalarType fp8_dtype(const QuantSpec& spec) {
+  return spec.format() == NumberFormat::fp8_e5m2 ? torch::kFloat8_e5m2
+                                                 : torch::kFloat8_e4m3fn;
+}
+
+bool packed(const QuantSpec& spec) {
+  return !spec.is_fp8() && spec.bits() <= 4;
+}
+
+} // namespace
+
+QuantizedWeight QuantizedWeight::quantize(
+    const torch::Tensor& weight,
+    const QuantSpec& spec,
+    const torch::Tensor& scale,
+    const torch::Tensor& zero_point) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = weight.detach().to(torch::kFloat).contiguous();
+  QuantizedWeight q{
+      spec, w.sizes().vec(), {}, scale.detach().to(torch::kFloat).clone(), {}};
+  const torch::Tensor s = expand_params(q.scale, spec, w.sizes());
+  if (spec.is_fp8()) {
+    // The FP8 kernel's rule: x / scale, saturated, rounded to nearest even.
+    const double max = spec.format_max();
+    q.data = (w / s).clamp(-max, max).to(fp8_dtype(spec));
+    return q;
+  }
+  q.zero_point = zero_point.detach().to(torch::kInt).clone();
+  const torch::Tensor zp =
+      expand_params(q.zero_point, spec, w.sizes()).to(torch::kFloat);
+  // The affine kernel's float arithmetic: zp + round_half_even(x * (1 / s)).
+  const torch::Tensor codes = torch::clamp(
+                                  torch::round(w * torch::reciprocal(s)) + zp,
+                                  spec.quant_min(),
+                                  spec.quant_max())
+                                  .to(torch::kInt);
+  if (!packed(spec)) {
+    q.data = codes.to(spec.is_signed() ? torch::kChar : torch::kByte);
+    return q;
+  }
+  if (w.size(-1) % 2 != 0) {
+    throw std::invalid_argument(
+        "convert: packing " + std::to_string(spec.bits()) +
+        "-bit codes two per byte needs an even last dimension, got " +
+        std::to_string(w.size(-1)));
+  }
+  const torch::Tensor u = (codes - spec.quant_min()).to(torch::kByte);
+  const auto pairs = u.reshape({-1, 2});
+  q.data = (pairs.select(1, 0) + pairs.select(1, 1) * 16).reshape([&] {
+    auto shape = w.sizes().vec();
+    shape.back() /= 2;
+    return shape;
+  }());
+  return q;
+}
+
+torch::Tensor QuantizedWeight::codes() const {
+  if (spec.is_fp8())
+    return data.to(torch::kFloat);
+  if (!packed(spec))
+    return data.to(torch::kInt);
+  const torch::Tensor low = data.bitwise_and(0x0F),
+                      high = data.bitwise_right_shift(4);
+  return torch::stack({low, high}, -1).reshape(shape).to(torch::kInt) +
+      static_cast<int>(spec.quant_min());
+}
+
+torch::Tensor QuantizedWeight::dequantize() const {
+  const torch::Tensor s = expand_params(scale, spec, shape);
+  if (spec.is_fp8())
+    return codes() * s;
+  const torch::Tensor zp =
+      expand_params(zero_point, spec, shape).to(torch::kFloat);
+  return (codes().to(torch::kFloat) - zp) * s;
+}
+
+int64_t QuantizedWeight::storage_bytes() const {
+  return data.numel() * data.element_size() + scale.numel() * 4 +
+      (zero_point.defined() ? zero_point.numel() * 4 : 0);
+}
+
+int64_t convert(torch::nn::Module& model) {
+  int64_t converted = 0;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
+    if (!layer || layer->quantizers.weight.is_empty())
+      continue;
+    layer->convert_weight();
+    ++converted;
+  }
+  return converted;
+}
+
+std::map<std::string, const QuantizedWeight*> quantized_weights(
+    torch::nn::Module& model) {
+  std::map<std::string, const QuantizedWeight*> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
+    if (layer && layer->quantized_weight)
+      out[item.key()] = &*layer->quantized_weight;
+  }
+  return out;
+}
+
+} // namespace qat

@@ -1,0 +1,49 @@
+// convert: real low-precision weights. Each quantized layer's weight becomes a
+// QuantizedWeight (int8 codes, int4 codes packed two per byte, or FP8 e4m3 /
+// e5m2 values) with its scales and zero points, and the layer's forward then
+// dequantizes that weight and runs: the quantized reference forward. Because
+// the codes are computed with the fake-quant kernels' exact float arithmetic,
+// the dequantized weight equals the fake-quantized one bit for bit, so the
+// converted model computes what the trained one computed.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <map>
+#include <string>
+
+#include "qat/spec.h"
+
+namespace qat {
+
+struct QuantizedWeight {
+  QuantSpec spec;
+  std::vector<int64_t> shape; // of the (flattened, for convs) weight
+  torch::Tensor data;         // int8 codes; uint8 [.., n/2] for <= 4 bits
+                              // (two codes a byte, low nibble first, offset
+                              // to unsigned); float8 values for FP8
+  torch::Tensor scale;        // float32, in the qat ops' layout for `spec`
+  torch::Tensor zero_point;   // int32, same shape (empty for FP8)
+
+  // Quantizes `weight` with `spec` and the given scale / zero point.
+  static QuantizedWeight quantize(
+      const torch::Tensor& weight,
+      const QuantSpec& spec,
+      const torch::Tensor& scale,
+      const torch::Tensor& zero_point);
+  // The integer codes (int32) or FP8 values (float32), unpacked.
+  torch::Tensor codes() const;
+  // (codes - zero_point) * scale, or fp8 * scale, in float32 and `shape`.
+  torch::Tensor dequantize() const;
+  int64_t storage_bytes() const;
+};
+
+// Converts every prepared layer with a weight quantizer; returns how many.
+// Activation quantizers stay as they are (they run at inference too).
+int64_t convert(torch::nn::Module& model);
+
+// The converted weights by layer name (for saving, exporting and tests).
+std::map<std::string, const QuantizedWeight*> quantized_weights(
+    torch::nn::Module& model);
+
+} // namespace qat
