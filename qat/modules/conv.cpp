@@ -75,15 +75,22 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
     return t.reshape({1, -1, 1, 1});
   };
   torch::Tensor y;
-  if (batch_norm.is_empty()) {
-    // Bias inside the convolution, as torch::nn::Conv2d does: same bits.
+  const bool fold = !batch_norm.is_empty() && !quantizers.weight.is_empty() &&
+      quantizers.weight->fake_quant_enabled();
+  if (!fold) {
+    // No weight quantization active: exactly torch::nn::Conv2d (bias inside
+    // the convolution) followed by BatchNorm2d, the same bits.
     y = conv(x, effective_weight(weight.flatten(1)).view(weight.sizes()), bias);
   } else {
+    // Quantize the folded weight that will be served, then undo the scale so
+    // that BN normalises as usual.
     const torch::Tensor gamma = bn_scale();
     y = conv(x, quantize_weight(weight * gamma.reshape({-1, 1, 1, 1})), {}) /
         channel(gamma);
     if (bias.defined())
       y = y + channel(bias);
+  }
+  if (!batch_norm.is_empty()) {
     const auto& bn = batch_norm->options;
     y = F::batch_norm(
         y,

@@ -12,6 +12,8 @@
 // so the weight that is quantized is the folded one that will be served, while
 // BN still normalises with batch statistics in training (updating its running
 // statistics) until freeze_bn_stats(), after which it uses the running ones.
+// While no weight quantizer is active the module computes exactly
+// conv then BN, bit for bit like torch::nn::Conv2d + BatchNorm2d.
 // to_float() returns the folded Conv2d: W * gamma' and
 // (b - running_mean) * gamma' + beta.
 #pragma once
