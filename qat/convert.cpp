@@ -15,17 +15,16 @@ torch::Tensor expand_params(
     const QuantSpec& spec,
     at::IntArrayRef shape) {
   const int64_t dim = static_cast<int64_t>(shape.size());
+  const int64_t axis = spec.axis() < 0 ? spec.axis() + dim : spec.axis();
   switch (spec.granularity()) {
     case Granularity::per_tensor:
       return p.reshape({}).expand(shape);
     case Granularity::per_channel: {
       std::vector<int64_t> view(dim, 1);
-      const int64_t axis = spec.axis() < 0 ? spec.axis() + dim : spec.axis();
       view[axis] = -1;
       return p.reshape(view).expand(shape);
     }
     case Granularity::per_group: {
-      const int64_t axis = spec.axis() < 0 ? spec.axis() + dim : spec.axis();
       return p.repeat_interleave(spec.group_size(), axis);
     }
     case Granularity::per_token:

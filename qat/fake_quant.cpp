@@ -168,16 +168,8 @@ torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;
-    torch::Tensor scale, zero_point;
-    {
-      torch::NoGradGuard no_grad;
-      const auto [lo, hi] = torch::aminmax(
-          rows_for_params(x.detach().to(torch::kFloat), spec), 1);
-      const QParams q = qparams_from_range(lo, hi, spec);
-      scale = params_shape(q.scale, x, spec);
-      zero_point = params_shape(q.zero_point, x, spec);
-    }
-    return quantize(x, scale, zero_point);
+    const QParams q = dynamic_qparams(x, spec);
+    return quantize(x, q.scale, q.zero_point);
   }
   if (observer_enabled() && options_.estimator() != Estimator::pact) {
     observer_->observe(x);

@@ -99,6 +99,14 @@ QParams qparams_from_range(
   return {scale, zp};
 }
 
+QParams dynamic_qparams(const torch::Tensor& x, const QuantSpec& spec) {
+  torch::NoGradGuard no_grad;
+  const auto [lo, hi] =
+      torch::aminmax(rows_for_params(x.detach().to(torch::kFloat), spec), 1);
+  const QParams q = qparams_from_range(lo, hi, spec);
+  return {params_shape(q.scale, x, spec), params_shape(q.zero_point, x, spec)};
+}
+
 torch::Tensor fake_quant_rows(
     const torch::Tensor& rows,
     const QParams& qparams,

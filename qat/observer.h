@@ -55,6 +55,9 @@ QParams qparams_from_range(
     const torch::Tensor& min_val,
     const torch::Tensor& max_val,
     const QuantSpec& spec);
+// Scale and zero point computed from x itself (min / max per quantization
+// group, the rule above), in the ops' layout: dynamic specs use them.
+QParams dynamic_qparams(const torch::Tensor& x, const QuantSpec& spec);
 // Fake-quantizes the rows [P, n] with one (scale, zero point) per row; used by
 // the MSE search.
 torch::Tensor fake_quant_rows(

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "trainers/data/datasets.h"
@@ -48,14 +49,24 @@ class ScratchDir {
 };
 
 // Writes an IDX file, gzip-compressed: header bytes then body.
+void write_gz(const std::string& path, std::string_view bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  if (!bytes.empty()) {
+    ASSERT_EQ(
+        gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
+        static_cast<int>(bytes.size()));
+  }
+  gzclose(f);
+}
+
 void write_gz(
     const std::string& path,
     const std::vector<unsigned char>& bytes) {
-  gzFile f = gzopen(path.c_str(), "wb");
-  ASSERT_NE(f, nullptr);
-  ASSERT_EQ(
-      gzwrite(f, bytes.data(), bytes.size()), static_cast<int>(bytes.size()));
-  gzclose(f);
+  write_gz(
+      path,
+      std::string_view(
+          reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 std::vector<unsigned char> idx_bytes(
@@ -199,9 +210,7 @@ TEST(Digits, MalformedRowsNameTheLine) {
     good += "3,";
   auto write = [&](const std::string& name, const std::string& text) {
     const auto path = dir.file(name);
-    gzFile f = gzopen(path.c_str(), "wb");
-    gzwrite(f, text.data(), text.size());
-    gzclose(f);
+    write_gz(path, std::string_view(text));
     return path;
   };
   const auto ok = write("ok.csv.gz", good + "7\n" + good + "2\n");

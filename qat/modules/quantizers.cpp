@@ -41,12 +41,7 @@ void QuantizedLayer::convert_weight() {
   torch::NoGradGuard no_grad;
   QParams q{fq.scale(), fq.zero_point()};
   if (spec.dynamic()) {
-    const auto [lo, hi] =
-        torch::aminmax(rows_for_params(w.to(torch::kFloat), spec), 1);
-    const QParams rows = qparams_from_range(lo, hi, spec);
-    q = {
-        params_shape(rows.scale, w, spec),
-        params_shape(rows.zero_point, w, spec)};
+    q = dynamic_qparams(w, spec);
   } else if (!fq.observer()->has_observed()) {
     fq.forward(w);
     q = {fq.scale(), fq.zero_point()};
