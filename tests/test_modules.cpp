@@ -157,7 +157,9 @@ TEST(QuantModules, ConvBnFoldingMatchesConvThenBn) {
 }
 
 // With the weight quantizer on, the Conv+BN module computes what the folded,
-// quantized conv that will be served computes.
+// quantized conv that will be served computes: in eval mode, in training with
+// frozen BN statistics, and after convert(); with live statistics it is BN
+// over the batch of conv(x, fq(W * gamma')) / gamma' + b.
 TEST(QuantModules, FoldedQuantizedConvBnIsWhatIsServed) {
   ConvBn ref;
   LayerQuantSpecs specs;
@@ -176,6 +178,46 @@ TEST(QuantModules, FoldedQuantizedConvBnIsWhatIsServed) {
   const auto expected = torch::conv2d(x, w_q, served->bias, 1, 1);
   EXPECT_TRUE(torch::allclose(y, expected, 1e-4, 1e-5))
       << (y - expected).abs().max();
+
+  folded->train();
+  folded->freeze_bn_stats();
+  const auto y_frozen = folded(x);
+  EXPECT_TRUE(torch::allclose(y_frozen, expected, 1e-4, 1e-5))
+      << (y_frozen - expected).abs().max();
+  y_frozen.sum().backward();
+  EXPECT_GT(folded->weight.grad().abs().sum().item<float>(), 0.0f);
+
+  folded->freeze_bn_stats(false);
+  const auto gamma = ref.bn->weight.detach() /
+      torch::sqrt(ref.bn->running_var + ref.bn->options.eps());
+  const auto live = torch::batch_norm(
+      torch::conv2d(x, w_q, {}, 1, 1) / gamma.view({1, -1, 1, 1}) +
+          ref.conv->bias.detach().view({1, -1, 1, 1}),
+      ref.bn->weight.detach(),
+      ref.bn->bias.detach(),
+      ref.bn->running_mean.clone(),
+      ref.bn->running_var.clone(),
+      /*training=*/true,
+      0.1,
+      1e-5,
+      false);
+  const auto y_live = folded(x);
+  EXPECT_TRUE(torch::allclose(y_live, live, 1e-4, 1e-4))
+      << (y_live - live).abs().max();
+
+  // convert(): the served conv itself, int4 codes of the folded weight
+  // (folded with the running statistics the live batch just updated).
+  folded->eval();
+  const auto before = folded(x);
+  const auto w_now = folded->to_float()->weight.detach().flatten(1);
+  folded->convert_weight();
+  EXPECT_TRUE(bitwise_equal(
+      folded->quantized_weight->dequantize(),
+      ops::fake_quant_affine(
+          w_now, wq->scale(), wq->zero_point(), 0, 0, -8, 7)));
+  const auto after = folded(x);
+  EXPECT_TRUE(torch::allclose(after, before, 1e-4, 1e-5))
+      << (after - before).abs().max();
 }
 
 TEST(QuantModules, PresetsGiveTheDocumentedSpecs) {

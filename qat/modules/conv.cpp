@@ -64,31 +64,45 @@ torch::Tensor QuantConv2dImpl::bn_scale() const {
       torch::sqrt(batch_norm->running_var + batch_norm->options.eps());
 }
 
+torch::Tensor QuantConv2dImpl::folded_bias() const {
+  const torch::Tensor gamma = bn_scale();
+  const torch::Tensor b = bias.defined() ? bias : torch::zeros_like(gamma);
+  return (b - batch_norm->running_mean) * gamma + batch_norm->bias;
+}
+
+torch::Tensor QuantConv2dImpl::quantizer_input() const {
+  if (batch_norm.is_empty())
+    return weight.flatten(1);
+  return (weight * bn_scale().reshape({-1, 1, 1, 1})).flatten(1);
+}
+
 torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
   const torch::Tensor x = LayerQuantizers::apply(quantizers.input, input);
-  // The weight quantizer sees [out_channels, everything else].
-  auto quantize_weight = [&](const torch::Tensor& w) {
-    return LayerQuantizers::apply(quantizers.weight, w.flatten(1))
-        .view(w.sizes());
+  // The weight quantizer (or the converted weight) sees [out_channels,
+  // everything else].
+  auto served_weight = [&](const torch::Tensor& w) {
+    return effective_weight(w.flatten(1)).view(w.sizes());
   };
-  const auto channel = [](const torch::Tensor& t) {
-    return t.reshape({1, -1, 1, 1});
-  };
+  if (quantized_weight) {
+    // Converted: the served conv, BN folded into its weight and bias.
+    const torch::Tensor b = batch_norm.is_empty() ? bias : folded_bias();
+    return LayerQuantizers::apply(
+        quantizers.output, conv(x, served_weight(weight), b));
+  }
   torch::Tensor y;
   const bool fold = !batch_norm.is_empty() && !quantizers.weight.is_empty() &&
       quantizers.weight->fake_quant_enabled();
   if (!fold) {
     // No weight quantization active: exactly torch::nn::Conv2d (bias inside
     // the convolution) followed by BatchNorm2d, the same bits.
-    y = conv(x, effective_weight(weight.flatten(1)).view(weight.sizes()), bias);
+    y = conv(x, served_weight(weight), bias);
   } else {
     // Quantize the folded weight that will be served, then undo the scale so
     // that BN normalises as usual.
-    const torch::Tensor gamma = bn_scale();
-    y = conv(x, quantize_weight(weight * gamma.reshape({-1, 1, 1, 1})), {}) /
-        channel(gamma);
+    const torch::Tensor gamma = bn_scale().reshape({1, -1, 1, 1});
+    y = conv(x, served_weight(weight * gamma.view({-1, 1, 1, 1})), {}) / gamma;
     if (bias.defined())
-      y = y + channel(bias);
+      y = y + bias.reshape({1, -1, 1, 1});
   }
   if (!batch_norm.is_empty()) {
     const auto& bn = batch_norm->options;
@@ -110,16 +124,11 @@ torch::nn::Conv2d QuantConv2dImpl::to_float() const {
   torch::nn::Conv2d conv(torch::nn::Conv2dOptions(options).bias(
       options.bias() || !batch_norm.is_empty()));
   torch::NoGradGuard no_grad;
-  if (batch_norm.is_empty()) {
-    conv->weight.copy_(weight);
-    if (bias.defined())
-      conv->bias.copy_(bias);
-    return conv;
-  }
-  const torch::Tensor gamma = bn_scale();
-  conv->weight.copy_(weight * gamma.reshape({-1, 1, 1, 1}));
-  const torch::Tensor b = bias.defined() ? bias : torch::zeros_like(gamma);
-  conv->bias.copy_((b - batch_norm->running_mean) * gamma + batch_norm->bias);
+  conv->weight.copy_(quantizer_input().view(weight.sizes()));
+  if (!batch_norm.is_empty())
+    conv->bias.copy_(folded_bias());
+  else if (bias.defined())
+    conv->bias.copy_(bias);
   return conv;
 }
 

@@ -15,7 +15,9 @@
 // While no weight quantizer is active the module computes exactly
 // conv then BN, bit for bit like torch::nn::Conv2d + BatchNorm2d.
 // to_float() returns the folded Conv2d: W * gamma' and
-// (b - running_mean) * gamma' + beta.
+// (b - running_mean) * gamma' + beta. convert() quantizes that folded weight,
+// and the converted module serves the folded conv (BN no longer runs): in eval
+// mode the same values as the fake-quantized Conv+BN, up to float rounding.
 #pragma once
 
 #include <torch/nn/modules/batchnorm.h>
@@ -61,11 +63,8 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
   torch::nn::Module& layer_module() override {
     return *this;
   }
-  // With BatchNorm folded, the quantized weight depends on BN's statistics;
-  // converting that needs the whole folded conv (not done yet).
-  torch::Tensor quantizer_input() const override {
-    return batch_norm.is_empty() ? weight.flatten(1) : torch::Tensor();
-  }
+  // The weight to serve: with BatchNorm folded in, if there is one.
+  torch::Tensor quantizer_input() const override;
 
  private:
   torch::Tensor conv(
@@ -74,6 +73,8 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
       const torch::Tensor& b) const;
   // gamma / sqrt(running_var + eps), per output channel.
   torch::Tensor bn_scale() const;
+  // (b - running_mean) * gamma' + beta: the bias of the folded conv.
+  torch::Tensor folded_bias() const;
   bool bn_frozen_ = false;
 };
 
