@@ -301,5 +301,136 @@ QAT_HOST_DEVICE AffineQuantized fake_quant_fp8(float x, float scale) {
       magnitude <= Fp8Traits<F>::kMax};
 }
 
+// ---------------------------------------------------------------------------------------------
+// IEEE half precision, for the scales GGUF stores: float -> nearest half (half
+// to even, subnormals kept, overflow to infinity, NaN stays NaN), as F16C's
+// vcvtps2ph, CUDA's __float2half_rn, numpy's astype(float16) and c10::Half do.
+// ---------------------------------------------------------------------------------------------
+
+QAT_HOST_DEVICE uint16_t half_bits_from_float(float x) {
+  const uint32_t u = float_bits(x);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u)
+    return sign | 0x7E00u; // NaN
+  if (a >= 0x477FF000u)
+    return sign | 0x7C00u; // 65520 and up round to infinity
+  if (a >= 0x38800000u) {
+    // Normal half: round the mantissa to 10 bits, half to even (a carry into
+    // the exponent is right), then rebias the exponent from 127 to 15.
+    const uint32_t rounded = a + 0x0FFFu + ((a >> 13) & 1u);
+    return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
+  }
+  // Subnormal half: units of 2^-24, half to even; 2^-25 and below go to zero
+  // (2^-25 itself ties to the even 0), and 0x400 is the smallest normal.
+  const uint32_t exponent = a >> 23;
+  if (exponent < 102u)
+    return sign;
+  const uint32_t mantissa = (a & 0x7FFFFFu) | 0x800000u;
+  const uint32_t shift = 126u - exponent; // 14..24
+  uint32_t code = mantissa >> shift;
+  const uint32_t rest = mantissa & ((1u << shift) - 1u);
+  const uint32_t half = 1u << (shift - 1u);
+  if (rest > half || (rest == half && (code & 1u)))
+    ++code;
+  return sign | static_cast<uint16_t>(code);
+}
+
+QAT_HOST_DEVICE float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  if (exponent == 0x1Fu) // infinity, or NaN made quiet (as c10::Half does)
+    return bits_float(
+        sign | 0x7F800000u | (mantissa ? 0x400000u | (mantissa << 13) : 0u));
+  if (exponent == 0) {
+    const float magnitude = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
+    return sign ? -magnitude : magnitude;
+  }
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF block quantization: ggml's Q8_0 and Q4_0, with the rules of its
+// quantize_row_q8_0_ref / quantize_row_q4_0_ref (and gguf-py's numpy port), so
+// that a model trained with them exports to GGUF with no further loss. Each
+// block of 32 consecutive values has one scale d, stored as an IEEE half:
+//
+//   Q8_0  d = max|x| / 127,  q = roundf(x * (1 / d))  (half away from zero),
+//         q in [-127, 127],  x' = q * half(d)
+//   Q4_0  d = m / -8 where m is the value of largest magnitude (the first, on
+//         ties; d may be negative),  q = min(15, trunc(x * (1 / d) + 8.5)),
+//         x' = (q - 8) * half(d)
+//
+// Codes are computed with the float d and dequantized with the stored half(d);
+// 1 / d is 0 where d is 0. x * (1 / d) + 8.5 rounds twice (no FMA: ggml's
+// reference, numpy and our kernels agree only without contraction). Only Q4_0
+// clips: the positive end of a block whose largest magnitude is negative can
+// reach code 16; such values get no straight-through gradient. NaN values do
+// not enter the scale and stay NaN.
+// ---------------------------------------------------------------------------------------------
+
+enum class GgufType : int { q8_0 = 0, q4_0 = 1 };
+constexpr int kGgufBlockSize = 32;
+
+struct GgufBlock {
+  uint16_t d_bits;              // the stored half scale
+  int8_t codes[kGgufBlockSize]; // Q8_0: -127..127; Q4_0: 0..15
+  uint32_t in_range;            // bit j: x[j] was not clipped (nor NaN)
+};
+
+QAT_HOST_DEVICE int gguf_code_offset(GgufType type) {
+  return type == GgufType::q4_0 ? 8 : 0;
+}
+
+template <typename T>
+QAT_HOST_DEVICE GgufBlock gguf_quantize_block(GgufType type, const T* x) {
+  float magnitude = 0.0f, largest = 0.0f;
+  for (int j = 0; j < kGgufBlockSize; ++j) {
+    const float v = to_float(x[j]);
+    const float m = v < 0.0f ? -v : v;
+    if (m > magnitude) { // NaN never compares greater
+      magnitude = m;
+      largest = v;
+    }
+  }
+  const float d = type == GgufType::q8_0 ? magnitude / 127.0f : largest / -8.0f;
+  const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+  GgufBlock block{half_bits_from_float(d), {}, 0u};
+  for (int j = 0; j < kGgufBlockSize; ++j) {
+    const float scaled = to_float(x[j]) * inv_d;
+    float code;
+    bool in_range;
+    if (type == GgufType::q8_0) {
+      code = roundf(scaled);
+      in_range = code >= -127.0f && code <= 127.0f;
+      code = code < -127.0f ? -127.0f : (code > 127.0f ? 127.0f : code);
+    } else {
+      const float shifted = scaled + 8.5f;
+      code = truncf(shifted);
+      in_range = code >= 0.0f && code <= 15.0f;
+      code = code < 0.0f ? 0.0f : (code > 15.0f ? 15.0f : code);
+    }
+    block.codes[j] =
+        in_range || scaled == scaled ? static_cast<int8_t>(code) : int8_t(0);
+    block.in_range |= uint32_t(in_range) << j;
+  }
+  return block;
+}
+
+// x' of element j: (code - offset) * half(d), NaN where x was NaN.
+template <typename T>
+QAT_HOST_DEVICE float gguf_dequantize(
+    GgufType type,
+    const GgufBlock& block,
+    const T* x,
+    int j) {
+  const float v = to_float(x[j]);
+  if (v != v)
+    return v;
+  return static_cast<float>(block.codes[j] - gguf_code_offset(type)) *
+      half_bits_to_float(block.d_bits);
+}
+
 } // namespace QAT_KERNELS_ABI
 } // namespace qat::kernels

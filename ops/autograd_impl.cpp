@@ -2,7 +2,8 @@
 // backend kernels; the backward of each estimator is one op call (the mask or
 // LSQ kernels), as in ATen's cachemask design. Gradients (derivations in
 // qat/fake_quant.h):
-//   fake_quant_affine, fake_quant_fp8  d input = grad * mask (straight-through)
+//   fake_quant_affine, fake_quant_fp8,
+//   fake_quant_gguf                    d input = grad * mask (straight-through)
 //   fake_quant_lsq                     d input, d scale, d zero_point (LSQ+)
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -64,6 +65,24 @@ class FakeQuantFp8Function
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor mask = ctx->get_saved_variables()[0];
     return {mask_backward(grads[0], mask), {}, {}, {}, {}};
+  }
+};
+
+class FakeQuantGgufFunction
+    : public torch::autograd::Function<FakeQuantGgufFunction> {
+ public:
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      const at::Tensor& input,
+      c10::string_view type) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, mask] = fake_quant_gguf_cachemask(input, type);
+    ctx->save_for_backward({mask});
+    return output;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    return {mask_backward(grads[0], mask), {}};
   }
 };
 
@@ -153,6 +172,16 @@ at::Tensor fake_quant_fp8_autograd(
   return FakeQuantFp8Function::apply(input, scale, axis, group_size, format);
 }
 
+at::Tensor fake_quant_gguf_autograd(
+    const at::Tensor& input,
+    c10::string_view type) {
+  if (!needs_grad(input)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fake_quant_gguf(input, type);
+  }
+  return FakeQuantGgufFunction::apply(input, type);
+}
+
 at::Tensor fake_quant_lsq_autograd(
     const at::Tensor& input,
     const at::Tensor& scale,
@@ -199,6 +228,7 @@ at::Tensor fake_quant_lsq_composite(
 TORCH_LIBRARY_IMPL(qat, Autograd, m) {
   m.impl("fake_quant_affine", fake_quant_affine_autograd);
   m.impl("fake_quant_fp8", fake_quant_fp8_autograd);
+  m.impl("fake_quant_gguf", fake_quant_gguf_autograd);
   m.impl("fake_quant_lsq", fake_quant_lsq_autograd);
 }
 

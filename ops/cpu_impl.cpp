@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "kernels/ref/fake_quant_ref.h"
+#include "kernels/ref/gguf_ref.h"
 #include "ops/fake_quant_impl.h"
 
 namespace qat::ops {
@@ -51,6 +52,18 @@ struct Cpu {
     parallel_rows(layout, [&](int64_t begin, int64_t end) {
       kernels::fake_quant_fp8_fast(
           x, y, mask, layout, scale, format, begin, end);
+    });
+  }
+
+  template <typename T>
+  static void gguf(
+      const T* x,
+      T* y,
+      uint8_t* mask,
+      kernels::GgufType type,
+      int64_t blocks) {
+    at::parallel_for(0, blocks, 1 << 10, [&](int64_t begin, int64_t end) {
+      kernels::fake_quant_gguf_ref(x, y, mask, type, begin, end);
     });
   }
 

@@ -51,6 +51,17 @@ struct Cuda {
   }
 
   template <typename T>
+  static void gguf(
+      const T* x,
+      T* y,
+      uint8_t* mask,
+      kernels::GgufType type,
+      int64_t blocks) {
+    check_launch(kernels::cuda::fake_quant_gguf(
+        x, y, mask, type, blocks, at::cuda::getCurrentCUDAStream()));
+  }
+
+  template <typename T>
   static void mask_backward(
       const T* dy,
       const uint8_t* mask,

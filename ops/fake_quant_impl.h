@@ -11,6 +11,8 @@
 //     template <class T> static void fp8(const T* x, T* y, uint8_t* mask, const
 //     RowLayout&,
 //                                        const float* scale, Fp8Format);
+//     template <class T> static void gguf(const T* x, T* y, uint8_t* mask,
+//                                         GgufType, int64_t blocks);
 //     template <class T> static void mask_backward(const T* dy, const uint8_t*
 //     mask, T* dx,
 //                                                  int64_t n);
@@ -94,6 +96,39 @@ struct FakeQuantOps {
           fmt);
     });
     return {p.restore(output), with_mask ? p.restore(mask) : mask};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> gguf_forward(
+      const at::Tensor& input,
+      c10::string_view type,
+      bool with_mask) {
+    constexpr std::string_view op = "qat::fake_quant_gguf";
+    const kernels::GgufType gguf = parse_gguf_type(op, type);
+    check_gguf_input(op, input);
+    const typename Device::Guard guard(input.device());
+    const at::Tensor x = input.contiguous();
+    at::Tensor output = at::empty_like(x);
+    at::Tensor mask = empty_mask_like(x, with_mask);
+    dispatch_float_types(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::gguf(
+          data_as<T>(x),
+          data_as<T>(output),
+          with_mask ? data_as<uint8_t>(mask) : nullptr,
+          gguf,
+          x.numel() / kernels::kGgufBlockSize);
+    });
+    return {output, mask};
+  }
+
+  static at::Tensor gguf(const at::Tensor& input, c10::string_view type) {
+    return std::get<0>(gguf_forward(input, type, false));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> gguf_cachemask(
+      const at::Tensor& input,
+      c10::string_view type) {
+    return gguf_forward(input, type, true);
   }
 
   static at::Tensor affine(
@@ -255,6 +290,8 @@ struct FakeQuantOps {
     m.impl("fake_quant_affine_cachemask", affine_cachemask);
     m.impl("fake_quant_fp8", fp8);
     m.impl("fake_quant_fp8_cachemask", fp8_cachemask);
+    m.impl("fake_quant_gguf", gguf);
+    m.impl("fake_quant_gguf_cachemask", gguf_cachemask);
     m.impl("mask_backward", mask_backward);
     m.impl("fake_quant_lsq_backward", lsq_backward);
   }

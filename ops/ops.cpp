@@ -92,6 +92,21 @@ std::tuple<Tensor, Tensor> fake_quant_fp8_cachemask(
       c10::string_view(format.data(), format.size()));
 }
 
+Tensor fake_quant_gguf(const Tensor& input, std::string_view type) {
+  static const auto op =
+      typed_op<Tensor(const Tensor&, c10::string_view)>("qat::fake_quant_gguf");
+  return op.call(input, c10::string_view(type.data(), type.size()));
+}
+
+std::tuple<Tensor, Tensor> fake_quant_gguf_cachemask(
+    const Tensor& input,
+    std::string_view type) {
+  static const auto op =
+      typed_op<std::tuple<Tensor, Tensor>(const Tensor&, c10::string_view)>(
+          "qat::fake_quant_gguf_cachemask");
+  return op.call(input, c10::string_view(type.data(), type.size()));
+}
+
 Tensor mask_backward(const Tensor& grad, const Tensor& mask) {
   static const auto op =
       typed_op<Tensor(const Tensor&, const Tensor&)>("qat::mask_backward");

@@ -61,6 +61,14 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_fp8_cachemask(
     int64_t group_size,
     std::string_view format);
 
+// GGUF block fake-quant ("q8_0" or "q4_0"): blocks of 32 along the last
+// dimension, each with its own scale computed from the block (the rules in
+// kernels/quant_math.h), dequantized with the half-precision scale GGUF stores.
+at::Tensor fake_quant_gguf(const at::Tensor& input, std::string_view type);
+std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask(
+    const at::Tensor& input,
+    std::string_view type);
+
 // grad * mask.
 at::Tensor mask_backward(const at::Tensor& grad, const at::Tensor& mask);
 

@@ -262,6 +262,36 @@ kernels::Fp8Format parse_fp8_format(
       "'; expected 'e4m3fn' (or 'e4m3') or 'e5m2'");
 }
 
+kernels::GgufType parse_gguf_type(std::string_view op, std::string_view type) {
+  if (type == "q8_0")
+    return kernels::GgufType::q8_0;
+  if (type == "q4_0")
+    return kernels::GgufType::q4_0;
+  TORCH_CHECK(
+      false,
+      op,
+      ": unknown GGUF block type '",
+      std::string(type),
+      "'; expected 'q8_0' or 'q4_0'");
+}
+
+void check_gguf_input(std::string_view op, const at::Tensor& input) {
+  TORCH_CHECK(
+      input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+      op,
+      ": input must be float32 or bfloat16, got ",
+      input.scalar_type());
+  TORCH_CHECK(
+      input.dim() >= 1 && input.size(-1) % kernels::kGgufBlockSize == 0,
+      op,
+      ": GGUF blocks are ",
+      kernels::kGgufBlockSize,
+      " consecutive values of the last dimension, which must be a multiple of ",
+      kernels::kGgufBlockSize,
+      "; got shape ",
+      input.sizes());
+}
+
 } // namespace qat::ops::detail
 
 namespace {
@@ -305,6 +335,14 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_fp8_cachemask_meta(
     const at::Tensor&,
     std::optional<int64_t>,
     int64_t,
+    c10::string_view) {
+  return with_mask_meta(input);
+}
+at::Tensor fake_quant_gguf_meta(const at::Tensor& input, c10::string_view) {
+  return at::empty_like(input);
+}
+std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask_meta(
+    const at::Tensor& input,
     c10::string_view) {
   return with_mask_meta(input);
 }
@@ -354,6 +392,11 @@ TORCH_LIBRARY(qat, m) {
   m.def(
       "fake_quant_fp8_cachemask(Tensor input, Tensor scale, int? axis, int group_size, "
       "str format) -> (Tensor output, Tensor mask)");
+  // GGUF Q8_0 / Q4_0 blocks of 32 along the last dimension, scales computed
+  // from each block (kernels/quant_math.h), straight-through gradient.
+  m.def("fake_quant_gguf(Tensor input, str type) -> Tensor");
+  m.def(
+      "fake_quant_gguf_cachemask(Tensor input, str type) -> (Tensor output, Tensor mask)");
   m.def("mask_backward(Tensor grad, Tensor mask) -> Tensor");
   // LSQ / LSQ+: learnable scale and (float) zero point.
   m.def(
@@ -370,6 +413,8 @@ TORCH_LIBRARY_IMPL(qat, Meta, m) {
   m.impl("fake_quant_affine_cachemask", fake_quant_affine_cachemask_meta);
   m.impl("fake_quant_fp8", fake_quant_fp8_meta);
   m.impl("fake_quant_fp8_cachemask", fake_quant_fp8_cachemask_meta);
+  m.impl("fake_quant_gguf", fake_quant_gguf_meta);
+  m.impl("fake_quant_gguf_cachemask", fake_quant_gguf_cachemask_meta);
   m.impl("mask_backward", mask_backward_meta);
   m.impl("fake_quant_lsq", fake_quant_lsq_meta);
   m.impl("fake_quant_lsq_backward", fake_quant_lsq_backward_meta);

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "kernels/ref/gguf_ref.h"
 #include "qat/modules/quantizers.h"
 
 namespace qat {
@@ -42,6 +43,50 @@ bool packed(const QuantSpec& spec) {
   return !spec.is_fp8() && spec.bits() <= 4;
 }
 
+kernels::GgufType gguf_type(const QuantSpec& spec) {
+  return spec.gguf() == GgufRule::q4_0 ? kernels::GgufType::q4_0
+                                       : kernels::GgufType::q8_0;
+}
+
+// GGUF: ggml's block bytes, one row of blocks per row of the weight; the
+// stored half scales as float for inspection.
+QuantizedWeight quantize_gguf(
+    const torch::Tensor& weight,
+    const QuantSpec& spec) {
+  const torch::Tensor w = weight.cpu();
+  const int64_t n = w.numel(), row_len = w.size(-1);
+  if (row_len % kernels::kGgufBlockSize != 0) {
+    throw std::invalid_argument(
+        std::string("convert: GGUF ") + spec.gguf_name() +
+        " blocks need a last dimension that is a multiple of 32, got " +
+        std::to_string(row_len));
+  }
+  const auto type = gguf_type(spec);
+  const int64_t blocks = n / kernels::kGgufBlockSize;
+  auto shape = w.sizes().vec();
+  shape.back() =
+      row_len / kernels::kGgufBlockSize * kernels::gguf_block_bytes(type);
+  QuantizedWeight q{
+      spec, w.sizes().vec(), torch::empty(shape, torch::kByte), {}, {}};
+  kernels::quantize_gguf_ref(
+      w.const_data_ptr<float>(), n, type, q.data.mutable_data_ptr<uint8_t>());
+  // The half scale of each block: its first two bytes.
+  const auto block_bytes = q.data.view({blocks, -1});
+  q.scale = block_bytes.narrow(1, 0, 2)
+                .contiguous()
+                .view(torch::kShort)
+                .view(torch::kHalf)
+                .to(torch::kFloat)
+                .view([&] {
+                  auto s = w.sizes().vec();
+                  s.back() /= kernels::kGgufBlockSize;
+                  return s;
+                }());
+  q.data = q.data.to(weight.device());
+  q.scale = q.scale.to(weight.device());
+  return q;
+}
+
 } // namespace
 
 QuantizedWeight QuantizedWeight::quantize(
@@ -51,6 +96,8 @@ QuantizedWeight QuantizedWeight::quantize(
     const torch::Tensor& zero_point) {
   torch::NoGradGuard no_grad;
   const torch::Tensor w = weight.detach().to(torch::kFloat).contiguous();
+  if (spec.gguf() != GgufRule::none)
+    return quantize_gguf(w, spec);
   QuantizedWeight q{
       spec, w.sizes().vec(), {}, scale.detach().to(torch::kFloat).clone(), {}};
   const torch::Tensor s = expand_params(q.scale, spec, w.sizes());
@@ -90,6 +137,19 @@ QuantizedWeight QuantizedWeight::quantize(
 }
 
 torch::Tensor QuantizedWeight::codes() const {
+  if (spec.gguf() != GgufRule::none) {
+    // Codes relative to the zero: Q8_0 bytes 2.., Q4_0 nibbles minus 8.
+    const auto type = gguf_type(spec);
+    const auto blocks =
+        data.reshape({-1, kernels::gguf_block_bytes(type)}).slice(1, 2);
+    const torch::Tensor codes = type == kernels::GgufType::q8_0
+        ? blocks.view(torch::kChar).to(torch::kInt)
+        : torch::cat(
+              {blocks.bitwise_and(0x0F), blocks.bitwise_right_shift(4)}, 1)
+                .to(torch::kInt) -
+            8;
+    return codes.reshape(shape);
+  }
   if (spec.is_fp8())
     return data.to(torch::kFloat);
   if (!packed(spec))
@@ -101,6 +161,16 @@ torch::Tensor QuantizedWeight::codes() const {
 }
 
 torch::Tensor QuantizedWeight::dequantize() const {
+  if (spec.gguf() != GgufRule::none) {
+    const torch::Tensor bytes = data.cpu().contiguous();
+    torch::Tensor out = torch::empty(shape, torch::kFloat);
+    kernels::dequantize_gguf_ref(
+        bytes.const_data_ptr<uint8_t>(),
+        out.numel(),
+        gguf_type(spec),
+        out.mutable_data_ptr<float>());
+    return out.to(data.device());
+  }
   const torch::Tensor s = expand_params(scale, spec, shape);
   if (spec.is_fp8())
     return codes() * s;

@@ -21,11 +21,14 @@ struct QuantizedWeight {
   std::vector<int64_t> shape; // of the (flattened, for convs) weight
   torch::Tensor data;         // int8 codes; uint8 [.., n/2] for <= 4 bits
                               // (two codes a byte, low nibble first, offset
-                              // to unsigned); float8 values for FP8
+                              // to unsigned); float8 values for FP8; GGUF:
+                              // ggml's block bytes, uint8 [.., n/32*bytes]
   torch::Tensor scale;        // float32, in the qat ops' layout for `spec`
-  torch::Tensor zero_point;   // int32, same shape (empty for FP8)
+                              // (GGUF: the stored half scales, [.., n/32])
+  torch::Tensor zero_point;   // int32, same shape (empty for FP8 and GGUF)
 
-  // Quantizes `weight` with `spec` and the given scale / zero point.
+  // Quantizes `weight` with `spec` and the given scale / zero point (GGUF
+  // specs compute their own from each block).
   static QuantizedWeight quantize(
       const torch::Tensor& weight,
       const QuantSpec& spec,

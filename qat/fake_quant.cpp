@@ -168,6 +168,8 @@ torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;
+    if (spec.gguf() != GgufRule::none)
+      return ops::fake_quant_gguf(x, spec.gguf_name());
     const QParams q = dynamic_qparams(x, spec);
     return quantize(x, q.scale, q.zero_point);
   }

@@ -168,6 +168,20 @@ PrepareReport prepare(torch::nn::Module& model, const QuantConfig& config) {
     }
   }
 
+  // Every layer is checked before any is changed: a refused config leaves the
+  // model as it was.
+  for (const Decision& d : decisions) {
+    if (d.rule < 0 || !config.rules[d.rule].specs)
+      continue;
+    try {
+      d.layer->check_fit(*config.rules[d.rule].specs);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(
+          "QuantConfig " + rule_text(config.rules[d.rule], d.rule) +
+          " does not fit layer '" + d.name + "': " + e.what());
+    }
+  }
+
   PrepareReport report;
   for (const Decision& d : decisions) {
     const auto& specs = d.rule >= 0 ? config.rules[d.rule].specs : std::nullopt;

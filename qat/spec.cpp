@@ -61,6 +61,37 @@ void QuantSpec::validate() const {
     invalid(
         *this, "per_token scales depend on each input's tokens: set dynamic");
   }
+  if (gguf_ != GgufRule::none) {
+    const QuantSpec exact = gguf_block(gguf_);
+    if (!(*this == exact)) {
+      invalid(
+          *this,
+          std::string("the GGUF ") + gguf_name() +
+              " rule is one exact format: " + exact.to_string());
+    }
+  }
+}
+
+QuantSpec QuantSpec::gguf_block(GgufRule rule) {
+  return QuantSpec()
+      .bits(rule == GgufRule::q4_0 ? 4 : 8)
+      .granularity(Granularity::per_group)
+      .axis(-1)
+      .group_size(32)
+      .dynamic(true)
+      .gguf(rule);
+}
+
+const char* QuantSpec::gguf_name() const {
+  switch (gguf_) {
+    case GgufRule::q8_0:
+      return "q8_0";
+    case GgufRule::q4_0:
+      return "q4_0";
+    case GgufRule::none:
+      break;
+  }
+  return nullptr;
 }
 
 int64_t QuantSpec::quant_min() const {
@@ -119,6 +150,9 @@ int64_t QuantSpec::op_group_size(int64_t last_size) const {
 
 std::string QuantSpec::to_string() const {
   std::ostringstream out;
+  if (gguf_ != GgufRule::none) {
+    out << "gguf_" << gguf_name() << ' ';
+  }
   if (is_fp8()) {
     out << "fp8_" << (format_ == NumberFormat::fp8_e4m3 ? "e4m3" : "e5m2");
   } else {
@@ -142,7 +176,7 @@ bool QuantSpec::operator==(const QuantSpec& o) const {
       is_signed_ == o.is_signed_ && granularity_ == o.granularity_ &&
       axis_ == o.axis_ && group_size_ == o.group_size_ &&
       symmetric_ == o.symmetric_ && narrow_range_ == o.narrow_range_ &&
-      dynamic_ == o.dynamic_;
+      dynamic_ == o.dynamic_ && gguf_ == o.gguf_;
 }
 
 } // namespace qat

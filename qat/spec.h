@@ -34,6 +34,13 @@ enum class Granularity {
   per_token,   // one scale per row of the last dimension (dynamic activations)
 };
 
+// GGUF block rules (ggml's Q8_0 and Q4_0, see kernels/quant_math.h): blocks of
+// 32 along the last dimension, scales computed from each block and stored as
+// half, ggml's rounding. A spec with one of them is that exact format
+// (QuantSpec::gguf_block), so a model trained with it exports to GGUF with no
+// further loss.
+enum class GgufRule { none, q8_0, q4_0 };
+
 struct QuantSpec {
   TORCH_ARG(NumberFormat, format) = NumberFormat::int_;
   TORCH_ARG(int, bits) = 8;
@@ -49,8 +56,13 @@ struct QuantSpec {
   TORCH_ARG(bool, narrow_range) = false;
   // Scales computed from every input instead of from calibrated observers.
   TORCH_ARG(bool, dynamic) = false;
+  TORCH_ARG(GgufRule, gguf) = GgufRule::none;
 
  public:
+  // The whole spec of a GGUF block format: int8 (Q8_0) or int4 (Q4_0)
+  // symmetric, per_group(axis=-1, group=32), dynamic, with that rule.
+  static QuantSpec gguf_block(GgufRule rule);
+
   // Throws std::invalid_argument with a message naming the field and the
   // allowed values.
   void validate() const;
@@ -63,7 +75,8 @@ struct QuantSpec {
   // Largest finite magnitude of the format in code units (qmax for integers,
   // 448/57344 for FP8).
   double format_max() const;
-  const char* fp8_name() const; // "e4m3fn" / "e5m2"
+  const char* fp8_name() const;  // "e4m3fn" / "e5m2"
+  const char* gguf_name() const; // "q8_0" / "q4_0" (nullptr for none)
 
   // Arguments of the qat ops for a tensor of `dim` dimensions whose last size
   // is `last_size`.

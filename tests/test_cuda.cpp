@@ -89,5 +89,20 @@ TEST_F(Cuda, BackwardMatchesCpu) {
   EXPECT_TRUE(bitwise_equal(xs.grad(), xsg.grad().cpu()));
 }
 
+TEST_F(Cuda, GgufMatchesCpu) {
+  const torch::Device gpu(torch::kCUDA);
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (int64_t rows : {1, 7, 1023}) {
+      const auto x = hard_values({rows, 96}, 0.05, rows).to(dtype);
+      for (const char* type : {"q8_0", "q4_0"}) {
+        auto [y, m] = ops::fake_quant_gguf_cachemask(x, type);
+        auto [yg, mg] = ops::fake_quant_gguf_cachemask(x.to(gpu), type);
+        ASSERT_TRUE(bitwise_equal(y, yg.cpu())) << type << " rows=" << rows;
+        ASSERT_TRUE(torch::equal(m, mg.cpu())) << type;
+      }
+    }
+  }
+}
+
 } // namespace
 } // namespace qat

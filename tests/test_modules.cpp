@@ -384,6 +384,22 @@ TEST(Prepare, BadConfigsAndFloatLayersAreRefused) {
       model,
       {{QuantRule::quantize("*", preset("w8a8_int8"), "Dense")}},
       "unknown layer type 'Dense'");
+  // 128-wide rows split into groups of 128 and 32, not 48: refused before
+  // any layer changed.
+  LayerQuantSpecs groups_of_48;
+  groups_of_48.weight =
+      FakeQuantizerOptions(QuantSpec()
+                               .bits(4)
+                               .granularity(Granularity::per_group)
+                               .axis(-1)
+                               .group_size(48));
+  expect_refused(
+      model,
+      {{QuantRule::quantize("blocks.*", preset("w4a16_g128")),
+        QuantRule::quantize("embed", preset("gguf_q4_0")),
+        QuantRule::quantize("lm_head", groups_of_48)}},
+      "rule 2 ('lm_head') does not fit layer 'lm_head': the Linear's weight, "
+      "seen as [50, 128], cannot be split into groups of 48");
   // Nothing was changed by the refused configs.
   EXPECT_TRUE(model.fc0->quantizers.weight.is_empty());
 
@@ -442,6 +458,45 @@ TEST(Convert, EveryPresetMatchesFakeQuantAndAtenCodes) {
       q.dequantize(),
       at::fake_quantize_per_channel_affine(
           fc->weight.detach(), q.scale, q.zero_point, 0, -8, 7)));
+}
+
+// The GGUF presets train on exactly what llama.cpp stores: the converted
+// weight is ggml's block bytes, and serving them changes no bit.
+TEST(Convert, GgufPresetsConvertToGgmlBlocks) {
+  torch::manual_seed(21);
+  const auto x = torch::randn({5, 96});
+  for (const auto& [name, bytes, lo, hi] :
+       {std::tuple{"gguf_q8_0", 34, -127, 127},
+        std::tuple{"gguf_q4_0", 18, -8, 7}}) {
+    torch::nn::Linear fc(96, 24);
+    auto layer = QuantLinear::from_float(fc, preset(name));
+    const auto fake_quantized = layer(x);
+    EXPECT_TRUE(bitwise_equal(
+        fake_quantized,
+        torch::nn::functional::linear(
+            x,
+            ops::fake_quant_gguf(fc->weight.detach(), name + 5),
+            fc->bias.detach())));
+    layer->convert_weight();
+    EXPECT_TRUE(bitwise_equal(layer(x), fake_quantized)) << name;
+    const QuantizedWeight& q = *layer->quantized_weight;
+    EXPECT_EQ(q.data.sizes(), (std::vector<int64_t>{24, 3 * bytes}));
+    EXPECT_EQ(q.scale.sizes(), (std::vector<int64_t>{24, 3}));
+    const auto codes = q.codes();
+    EXPECT_GE(codes.min().item<int>(), lo);
+    EXPECT_LE(codes.max().item<int>(), hi);
+    // codes * half scale is the dequantized weight.
+    EXPECT_TRUE(bitwise_equal(
+        (codes.to(torch::kFloat).view({24, 3, 32}) * q.scale.unsqueeze(-1))
+            .view({24, 96}),
+        q.dequantize()));
+  }
+  EXPECT_THROW(
+      QuantSpec::gguf_block(GgufRule::q4_0).group_size(64).validate(),
+      std::invalid_argument);
+  EXPECT_EQ(
+      QuantSpec::gguf_block(GgufRule::q8_0).to_string(),
+      "gguf_q8_0 int8 sym per_group(axis=-1, group=32) dynamic");
 }
 
 TEST(Convert, QuantizedWeightsRoundTripThroughSafetensors) {

@@ -222,33 +222,71 @@ cudaError_t lsq_backward(
   return cudaGetLastError();
 }
 
-#define QAT_INSTANTIATE(T)                                  \
-  template cudaError_t fake_quant_affine<T>(                \
-      const T*,                                             \
-      T*,                                                   \
-      uint8_t*,                                             \
-      const RowLayout&,                                     \
-      const AffineParams&,                                  \
-      cudaStream_t);                                        \
-  template cudaError_t fake_quant_fp8<T>(                   \
-      const T*,                                             \
-      T*,                                                   \
-      uint8_t*,                                             \
-      const RowLayout&,                                     \
-      const float*,                                         \
-      Fp8Format,                                            \
-      cudaStream_t);                                        \
-  template cudaError_t mask_backward<T>(                    \
-      const T*, const uint8_t*, T*, int64_t, cudaStream_t); \
-  template cudaError_t lsq_backward<T>(                     \
-      const T*,                                             \
-      const T*,                                             \
-      T*,                                                   \
-      double*,                                              \
-      double*,                                              \
-      const RowLayout&,                                     \
-      const AffineParams&,                                  \
-      float,                                                \
+// One thread per GGUF block of 32: the block's scale needs all of it.
+template <typename T>
+__global__ void gguf_kernel(
+    const T* __restrict__ x,
+    T* __restrict__ y,
+    uint8_t* __restrict__ mask,
+    GgufType type,
+    int64_t blocks) {
+  for (int64_t b = global_thread(); b < blocks; b += grid_threads()) {
+    const T* xb = x + b * kGgufBlockSize;
+    const GgufBlock block = gguf_quantize_block(type, xb);
+    for (int j = 0; j < kGgufBlockSize; ++j) {
+      y[b * kGgufBlockSize + j] =
+          from_float<T>(gguf_dequantize(type, block, xb, j));
+      if (mask)
+        mask[b * kGgufBlockSize + j] = (block.in_range >> j) & 1u;
+    }
+  }
+}
+
+template <typename T>
+cudaError_t fake_quant_gguf(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    GgufType type,
+    int64_t blocks,
+    cudaStream_t stream) {
+  if (blocks == 0) {
+    return cudaSuccess;
+  }
+  gguf_kernel<T>
+      <<<blocks_for(blocks), kThreads, 0, stream>>>(x, y, mask, type, blocks);
+  return cudaGetLastError();
+}
+
+#define QAT_INSTANTIATE(T)                                      \
+  template cudaError_t fake_quant_gguf<T>(                      \
+      const T*, T*, uint8_t*, GgufType, int64_t, cudaStream_t); \
+  template cudaError_t fake_quant_affine<T>(                    \
+      const T*,                                                 \
+      T*,                                                       \
+      uint8_t*,                                                 \
+      const RowLayout&,                                         \
+      const AffineParams&,                                      \
+      cudaStream_t);                                            \
+  template cudaError_t fake_quant_fp8<T>(                       \
+      const T*,                                                 \
+      T*,                                                       \
+      uint8_t*,                                                 \
+      const RowLayout&,                                         \
+      const float*,                                             \
+      Fp8Format,                                                \
+      cudaStream_t);                                            \
+  template cudaError_t mask_backward<T>(                        \
+      const T*, const uint8_t*, T*, int64_t, cudaStream_t);     \
+  template cudaError_t lsq_backward<T>(                         \
+      const T*,                                                 \
+      const T*,                                                 \
+      T*,                                                       \
+      double*,                                                  \
+      double*,                                                  \
+      const RowLayout&,                                         \
+      const AffineParams&,                                      \
+      float,                                                    \
       cudaStream_t);
 QAT_INSTANTIATE(float)
 QAT_INSTANTIATE(BFloat16)

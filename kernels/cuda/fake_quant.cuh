@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/ref/fake_quant_ref.h"
+#include "kernels/ref/gguf_ref.h"
 
 namespace qat::kernels::cuda {
 
@@ -34,6 +35,16 @@ cudaError_t fake_quant_fp8(
     const RowLayout& layout,
     const float* scale,
     Fp8Format format,
+    cudaStream_t stream);
+
+// GGUF Q8_0 / Q4_0 fake-quant of `blocks` blocks of 32 consecutive elements.
+template <typename T>
+cudaError_t fake_quant_gguf(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    GgufType type,
+    int64_t blocks,
     cudaStream_t stream);
 
 // dx = dy * mask over n elements.

@@ -55,6 +55,20 @@ const Preset kPresets[] = {
                                     .dynamic(true)),
            std::nullopt};
      }},
+    {"gguf_q8_0",
+     [] {
+       return LayerQuantSpecs{
+           FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q8_0)),
+           std::nullopt,
+           std::nullopt};
+     }},
+    {"gguf_q4_0",
+     [] {
+       return LayerQuantSpecs{
+           FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q4_0)),
+           std::nullopt,
+           std::nullopt};
+     }},
 };
 
 std::string describe_one(const std::optional<FakeQuantizerOptions>& options) {

@@ -1,5 +1,7 @@
 #include "qat/modules/quantizers.h"
 
+#include <sstream>
+
 namespace qat {
 namespace {
 
@@ -40,6 +42,10 @@ void QuantizedLayer::convert_weight() {
   const QuantSpec& spec = fq.options().spec();
   torch::NoGradGuard no_grad;
   QParams q{fq.scale(), fq.zero_point()};
+  if (spec.gguf() != GgufRule::none) {
+    quantized_weight = QuantizedWeight::quantize(w, spec, {}, {});
+    return;
+  }
   if (spec.dynamic()) {
     q = dynamic_qparams(w, spec);
   } else if (!fq.observer()->has_observed()) {
@@ -60,8 +66,28 @@ torch::Tensor QuantizedLayer::effective_weight(const torch::Tensor& w) {
   return LayerQuantizers::apply(quantizers.weight, w);
 }
 
-void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
+void QuantizedLayer::check_fit(const LayerQuantSpecs& new_specs) const {
   check_specs(new_specs);
+  const torch::Tensor w = quantizer_input();
+  if (!new_specs.weight || !w.defined())
+    return;
+  const QuantSpec& spec = new_specs.weight->spec();
+  if (spec.granularity() != Granularity::per_group)
+    return;
+  const int64_t axis = spec.axis() < 0 ? spec.axis() + w.dim() : spec.axis();
+  if (axis < 0 || axis >= w.dim() || w.size(axis) % spec.group_size() != 0) {
+    std::ostringstream shape;
+    shape << w.sizes();
+    throw std::invalid_argument(
+        std::string("the ") + layer_type() + "'s weight, seen as " +
+        shape.str() + ", cannot be split into groups of " +
+        std::to_string(spec.group_size()) + " along axis " +
+        std::to_string(spec.axis()) + " (" + spec.to_string() + ")");
+  }
+}
+
+void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
+  check_fit(new_specs);
   quantized_weight.reset();
   torch::nn::Module& module = layer_module();
   const auto children = module.named_children();

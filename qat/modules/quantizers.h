@@ -34,9 +34,11 @@ class QuantizedLayer {
   // What QuantConfig rules match on: "Linear", "Conv2d", "Embedding",
   // "Activation".
   virtual const char* layer_type() const = 0;
-  // Replaces the quantizers (unregistering the old ones); the new ones live
-  // on the device of the layer's parameters. Throws std::invalid_argument when
-  // the specs do not fit the layer.
+  // Throws std::invalid_argument when the specs do not fit the layer (a
+  // format the layer cannot use, weight groups that do not divide its shape).
+  void check_fit(const LayerQuantSpecs& specs) const;
+  // Replaces the quantizers (unregistering the old ones) after check_fit; the
+  // new ones live on the device of the layer's parameters.
   void set_specs(LayerQuantSpecs new_specs);
 
   // convert(): quantizes the weight with the weight quantizer's scale and

@@ -1,12 +1,12 @@
 """qat's safetensors reader and writer against Hugging Face's safetensors.
 
 A file written by the reference implementation goes through qat's reader and
-writer (the safetensors_roundtrip program) and is read back by the reference:
+writer (`conformance_tool roundtrip`) and is read back by the reference:
 every tensor must come back bit for bit, with its dtype, shape and the
 metadata. A malformed file must make the program fail with a message naming
 the file.
 
-usage: test_safetensors.py PATH/TO/safetensors_roundtrip
+usage: test_safetensors.py PATH/TO/conformance_tool
 """
 import os
 import subprocess
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def main(roundtrip: str) -> int:
+def main(tool: str) -> int:
     torch.manual_seed(0)
     base = torch.randn(7, 9) * 50
     tensors = {
@@ -35,7 +35,7 @@ def main(roundtrip: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "ref.safetensors"), os.path.join(tmp, "qat.safetensors")
         save_file(tensors, src, metadata=metadata)
-        subprocess.run([roundtrip, src, dst], check=True)
+        subprocess.run([tool, "roundtrip", src, dst], check=True)
         back = load_file(dst)
         for name, t in tensors.items():
             got = back.get(name)
@@ -49,7 +49,7 @@ def main(roundtrip: str) -> int:
         bad = os.path.join(tmp, "bad.safetensors")
         with open(bad, "wb") as f:
             f.write((10**9).to_bytes(8, "little") + b"{}")
-        result = subprocess.run([roundtrip, bad, dst], capture_output=True, text=True)
+        result = subprocess.run([tool, "roundtrip", bad, dst], capture_output=True, text=True)
         if result.returncode == 0 or bad not in result.stderr:
             failures.append(f"malformed file: rc={result.returncode} stderr={result.stderr!r}")
     checks = len(tensors) + 2

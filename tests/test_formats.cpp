@@ -1,7 +1,13 @@
-// FP8 e4m3fn / e5m2 against c10's own Float8 types: every code, random floats
-// of every magnitude, and scales per tensor, per channel and per block.
+// Number formats against independent references: FP8 e4m3fn / e5m2 against
+// c10's own Float8 types (every code, random floats of every magnitude, scales
+// per tensor, channel and block), the half conversion against c10::Half, and
+// the GGUF block op's contract (its values against gguf-py are checked in
+// tests/python/test_gguf_blocks.py).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <functional>
+#include <random>
 
 #include "kernels/quant_math.h"
 #include "ops/ops.h"
@@ -119,6 +125,111 @@ TEST(Fp8, GradientIsStraightThroughInsideTheRange) {
   ops::fake_quant_fp8(x, torch::ones({1}), std::nullopt, 0, "e4m3fn")
       .backward(dy);
   EXPECT_TRUE(torch::equal(x.grad(), torch::tensor({1.0f, 2.0f, 0.0f, 4.0f})));
+}
+
+// Every half value, every midpoint between neighbours (ties go to the even
+// one), and random float bit patterns of every magnitude, against c10::Half.
+TEST(Half, ConversionMatchesC10Half) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const c10::Half ref(static_cast<uint16_t>(h), c10::Half::from_bits());
+    const float value = kernels::half_bits_to_float(static_cast<uint16_t>(h));
+    ASSERT_EQ(kernels::float_bits(value), kernels::float_bits(float(ref)))
+        << std::hex << h;
+    if (std::isnan(value))
+      continue;
+    ASSERT_EQ(kernels::half_bits_from_float(value), h) << std::hex << h;
+    // The float halfway to the next half up (in magnitude).
+    const uint16_t next = static_cast<uint16_t>(h + 1);
+    if ((next & 0x7C00) == 0x7C00 && (next & 0x3FF))
+      continue;
+    const double mid =
+        (double(value) + double(kernels::half_bits_to_float(next))) / 2;
+    const float tie = static_cast<float>(mid);
+    if (double(tie) == mid) {
+      ASSERT_EQ(kernels::half_bits_from_float(tie), c10::Half(tie).x)
+          << std::hex << h;
+    }
+  }
+  std::mt19937 rng(7);
+  for (int i = 0; i < 1000000; ++i) {
+    const float x = kernels::bits_float(static_cast<uint32_t>(rng()));
+    if (std::isnan(x))
+      continue;
+    ASSERT_EQ(kernels::half_bits_from_float(x), c10::Half(x).x) << x;
+  }
+}
+
+TEST(Gguf, GradientIsStraightThroughWhereNothingClips) {
+  // Q4_0: the block's largest magnitude is -3 (d = 3 / 8), so +3 would need
+  // code 16: it is clipped to 15 and gets no gradient.
+  auto x = torch::linspace(-1, 1, 32);
+  x[0] = -3.0f;
+  x[1] = 3.0f;
+  x.requires_grad_();
+  const auto dy = torch::arange(32).to(torch::kFloat);
+  const auto y = ops::fake_quant_gguf(x, "q4_0");
+  y.backward(dy);
+  auto expected = dy.clone();
+  expected[1] = 0.0f;
+  EXPECT_TRUE(torch::equal(x.grad(), expected));
+  EXPECT_EQ(y[1].item<float>(), 7 * 0.375f);
+  EXPECT_EQ(y[0].item<float>(), -3.0f);
+
+  // Q8_0 never clips.
+  x.mutable_grad().reset();
+  ops::fake_quant_gguf(x, "q8_0").backward(dy);
+  EXPECT_TRUE(torch::equal(x.grad(), dy));
+}
+
+TEST(Gguf, BFloat16AndBatchesAreBlocksOfTheLastDimension) {
+  torch::manual_seed(5);
+  const auto x = torch::randn({3, 2, 64});
+  for (const char* type : {"q8_0", "q4_0"}) {
+    const auto whole = ops::fake_quant_gguf(x, type);
+    // Each block on its own gives the same values: blocks never span rows.
+    const auto blocks = ops::fake_quant_gguf(x.reshape({-1, 32}), type);
+    EXPECT_TRUE(bitwise_equal(whole, blocks.view(x.sizes()))) << type;
+    const auto xb = x.to(torch::kBFloat16);
+    EXPECT_TRUE(bitwise_equal(
+        ops::fake_quant_gguf(xb, type),
+        ops::fake_quant_gguf(xb.to(torch::kFloat), type).to(torch::kBFloat16)))
+        << type;
+    // A non-contiguous input gives the values of its contiguous copy.
+    const auto t = x.transpose(0, 1);
+    EXPECT_TRUE(bitwise_equal(
+        ops::fake_quant_gguf(t, type),
+        ops::fake_quant_gguf(t.contiguous(), type)));
+  }
+  const auto meta = ops::fake_quant_gguf_cachemask(
+      torch::empty({4, 64}, torch::device(torch::kMeta)), "q4_0");
+  EXPECT_EQ(std::get<1>(meta).scalar_type(), torch::kBool);
+  EXPECT_EQ(std::get<0>(meta).sizes(), (std::vector<int64_t>{4, 64}));
+}
+
+TEST(Gguf, BadArgumentsGiveClearErrors) {
+  const auto expect_error = [](const std::function<void()>& call,
+                               const std::string& message) {
+    try {
+      call();
+      ADD_FAILURE() << "no error; expected: " << message;
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos)
+          << e.what();
+    }
+  };
+  expect_error(
+      [] {
+        ops::fake_quant_gguf(torch::randn({4, 48}), "q8_0");
+      },
+      "must be a multiple of 32; got shape [4, 48]");
+  expect_error(
+      [] { ops::fake_quant_gguf(torch::randn({32}), "q5_1"); },
+      "unknown GGUF block type 'q5_1'");
+  expect_error(
+      [] {
+        ops::fake_quant_gguf(torch::randn({32}).to(torch::kDouble), "q8_0");
+      },
+      "input must be float32 or bfloat16");
 }
 
 } // namespace
