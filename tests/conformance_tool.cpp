@@ -8,6 +8,12 @@
 //                      multiple of 32), write NAME.q8_0 / NAME.q4_0 (the
 //                      stored GGUF blocks, uint8) and NAME.fq_q8_0 /
 //                      NAME.fq_q4_0 (qat::fake_quant_gguf of it)
+//   llama DIR IN OUT   load the Hugging Face Llama checkpoint in DIR
+//                      (config.json, model.safetensors) into qat's decoder;
+//                      for IN's int64 "tokens" [batch, time] write "logits"
+//                      (one forward), "cached_logits" (the first half in one
+//                      forward, then one token at a time through the KV cache)
+//                      and "generated" (8 greedy tokens after the tokens)
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -15,6 +21,8 @@
 #include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
 #include "qat/export/safetensors.h"
+#include "trainers/models/llama.h"
+#include "trainers/models/weights.h"
 
 namespace {
 
@@ -54,22 +62,48 @@ void gguf(const char* in_path, const char* out_path) {
   qat::safetensors::write(out_path, out);
 }
 
+void llama(const std::string& dir, const char* in_path, const char* out_path) {
+  using namespace qat::models;
+  LlamaForCausalLM lm(LlamaConfig::from_hf_json(dir + "/config.json"));
+  load_weights(*lm, dir + "/model.safetensors");
+  lm->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor tokens =
+      qat::safetensors::File::read(in_path).tensor("tokens");
+  const int64_t time = tokens.size(1), first = time / 2;
+  KvCache cache;
+  std::vector<torch::Tensor> steps{lm(tokens.narrow(1, 0, first), &cache)};
+  for (int64_t t = first; t < time; ++t)
+    steps.push_back(lm(tokens.narrow(1, t, 1), &cache));
+  qat::safetensors::write(
+      out_path,
+      {{"logits", lm(tokens)},
+       {"cached_logits", torch::cat(steps, 1)},
+       {"generated", lm->generate(tokens, 8)}});
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
-  if (argc != 4 || (command != "roundtrip" && command != "gguf")) {
+  const bool known =
+      command == "roundtrip" || command == "gguf" || command == "llama";
+  if (!known || argc != (command == "llama" ? 5 : 4)) {
     std::fprintf(
         stderr,
-        "usage: %s roundtrip|gguf IN.safetensors OUT.safetensors\n",
+        "usage: %s roundtrip|gguf IN.safetensors OUT.safetensors\n"
+        "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n",
+        argv[0],
         argv[0]);
     return 2;
   }
   try {
     if (command == "roundtrip")
       roundtrip(argv[2], argv[3]);
-    else
+    else if (command == "gguf")
       gguf(argv[2], argv[3]);
+    else
+      llama(argv[2], argv[3], argv[4]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

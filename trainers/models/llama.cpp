@@ -1,0 +1,402 @@
+#include "trainers/models/llama.h"
+
+#include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+namespace qat::models {
+namespace F = torch::nn::functional;
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& field, const std::string& why) {
+  throw std::invalid_argument("LlamaConfig." + field + ": " + why);
+}
+
+QuantLinear linear(int64_t in, int64_t out) {
+  return QuantLinear(
+      torch::nn::LinearOptions(in, out).bias(false), LayerQuantSpecs{});
+}
+
+// [x1, x2] -> [-x2, x1] over the last dimension's halves.
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x, const Rotary& r) {
+  return x * r.cos + rotate_half(x) * r.sin;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+// LlamaConfig
+// ---------------------------------------------------------------------------
+
+void LlamaConfig::validate() const {
+  auto positive = [](const char* field, int64_t v) {
+    if (v <= 0)
+      invalid(field, "must be positive, got " + std::to_string(v));
+  };
+  positive("vocab_size", vocab_size_);
+  positive("hidden_size", hidden_size_);
+  positive("intermediate_size", intermediate_size_);
+  positive("num_hidden_layers", num_hidden_layers_);
+  positive("num_attention_heads", num_attention_heads_);
+  positive("num_key_value_heads", num_key_value_heads_);
+  positive("max_position_embeddings", max_position_embeddings_);
+  if (num_attention_heads_ % num_key_value_heads_ != 0) {
+    invalid(
+        "num_key_value_heads",
+        std::to_string(num_key_value_heads_) +
+            " must divide num_attention_heads (" +
+            std::to_string(num_attention_heads_) + ")");
+  }
+  if (head_dim_ == 0 && hidden_size_ % num_attention_heads_ != 0) {
+    invalid(
+        "num_attention_heads",
+        std::to_string(num_attention_heads_) + " must divide hidden_size (" +
+            std::to_string(hidden_size_) + ") unless head_dim is given");
+  }
+  if (head_dim_ < 0 || attention_head_dim() % 2 != 0) {
+    invalid(
+        "head_dim",
+        "rotary embeddings need an even head dimension, got " +
+            std::to_string(attention_head_dim()));
+  }
+  if (!(rope_theta_ > 0.0))
+    invalid("rope_theta", "must be positive");
+  if (!(rms_norm_eps_ > 0.0))
+    invalid("rms_norm_eps", "must be positive");
+}
+
+LlamaConfig LlamaConfig::from_hf_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw std::runtime_error(path + ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": not valid JSON: " + e.what());
+  }
+  const auto fail = [&](const std::string& why) {
+    throw std::runtime_error(path + ": " + why);
+  };
+  if (!j.is_object())
+    fail("expected a JSON object");
+  // What this decoder cannot do is refused, not silently ignored.
+  // RoPE: transformers 5 writes "rope_parameters", earlier versions
+  // "rope_theta" and "rope_scaling"; only the default rope type is supported.
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!j.contains(key) || j[key].is_null())
+      continue;
+    const auto& rope = j[key];
+    const std::string type = rope.is_object()
+        ? rope.value("rope_type", rope.value("type", std::string("default")))
+        : std::string("?");
+    if (type != "default") {
+      fail(
+          std::string("'") + key + "' with rope_type '" + type +
+          "' is not supported (only plain RoPE)");
+    }
+  }
+  for (const char* key : {"attention_bias", "mlp_bias"}) {
+    if (j.value(key, false))
+      fail(std::string("'") + key + "': biases are not supported");
+  }
+  if (j.value("hidden_act", std::string("silu")) != "silu")
+    fail("'hidden_act' must be silu (SwiGLU)");
+  LlamaConfig c;
+  try {
+    auto get = [&](const char* key, auto& field, bool required) {
+      if (j.contains(key) && !j[key].is_null())
+        j.at(key).get_to(field);
+      else if (required)
+        fail(std::string("missing '") + key + "'");
+    };
+    get("vocab_size", c.vocab_size_, true);
+    get("hidden_size", c.hidden_size_, true);
+    get("intermediate_size", c.intermediate_size_, true);
+    get("num_hidden_layers", c.num_hidden_layers_, true);
+    get("num_attention_heads", c.num_attention_heads_, true);
+    c.num_key_value_heads_ = c.num_attention_heads_;
+    get("num_key_value_heads", c.num_key_value_heads_, false);
+    get("head_dim", c.head_dim_, false);
+    get("max_position_embeddings", c.max_position_embeddings_, false);
+    get("rope_theta", c.rope_theta_, false);
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object() &&
+        j["rope_parameters"].contains("rope_theta"))
+      j["rope_parameters"].at("rope_theta").get_to(c.rope_theta_);
+    get("rms_norm_eps", c.rms_norm_eps_, false);
+    get("tie_word_embeddings", c.tie_word_embeddings_, false);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("wrong type: ") + e.what());
+  }
+  try {
+    c.validate();
+  } catch (const std::invalid_argument& e) {
+    fail(e.what());
+  }
+  return c;
+}
+
+void LlamaConfig::save_hf_json(const std::string& path) const {
+  const nlohmann::json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"vocab_size", vocab_size_},
+      {"hidden_size", hidden_size_},
+      {"intermediate_size", intermediate_size_},
+      {"num_hidden_layers", num_hidden_layers_},
+      {"num_attention_heads", num_attention_heads_},
+      {"num_key_value_heads", num_key_value_heads_},
+      {"head_dim", attention_head_dim()},
+      {"max_position_embeddings", max_position_embeddings_},
+      {"rope_theta", rope_theta_},
+      {"rope_parameters",
+       {{"rope_type", "default"}, {"rope_theta", rope_theta_}}},
+      {"rms_norm_eps", rms_norm_eps_},
+      {"tie_word_embeddings", tie_word_embeddings_},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"torch_dtype", "float32"}};
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << '\n';
+    if (!out.flush())
+      throw std::runtime_error(tmp + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error(path + ": cannot rename " + tmp + " over it");
+}
+
+// ---------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor h = x.to(torch::kFloat);
+  const torch::Tensor normed =
+      h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
+    : heads_(c.num_attention_heads()),
+      kv_heads_(c.num_key_value_heads()),
+      head_dim_(c.attention_head_dim()) {
+  q_proj =
+      register_module("q_proj", linear(c.hidden_size(), heads_ * head_dim_));
+  k_proj =
+      register_module("k_proj", linear(c.hidden_size(), kv_heads_ * head_dim_));
+  v_proj =
+      register_module("v_proj", linear(c.hidden_size(), kv_heads_ * head_dim_));
+  o_proj =
+      register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size()));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(
+    const torch::Tensor& x,
+    const Rotary& rotary,
+    torch::Tensor* keys,
+    torch::Tensor* values) {
+  const int64_t batch = x.size(0), time = x.size(1);
+  auto heads = [&](const torch::Tensor& t, int64_t n) {
+    return t.view({batch, time, n, head_dim_}).transpose(1, 2);
+  };
+  const torch::Tensor q = apply_rotary(heads(q_proj(x), heads_), rotary);
+  torch::Tensor k = apply_rotary(heads(k_proj(x), kv_heads_), rotary);
+  torch::Tensor v = heads(v_proj(x), kv_heads_);
+  const int64_t past = keys && keys->defined() ? keys->size(2) : 0;
+  if (keys) {
+    k = past ? torch::cat({*keys, k}, 2) : k;
+    v = past ? torch::cat({*values, v}, 2) : v;
+    *keys = k.detach();
+    *values = v.detach();
+  }
+  // Causal: query i (position past + i) sees keys 0 .. past + i. Without a
+  // past that is SDPA's is_causal; a single new query sees everything.
+  std::optional<torch::Tensor> mask;
+  if (past > 0 && time > 1) {
+    const auto key_pos =
+        torch::arange(past + time, x.options().dtype(torch::kLong));
+    const auto query_pos =
+        torch::arange(past, past + time, x.options().dtype(torch::kLong));
+    mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);
+  }
+  const torch::Tensor attended = at::scaled_dot_product_attention(
+      q,
+      k,
+      v,
+      mask,
+      /*dropout_p=*/0.0,
+      /*is_causal=*/past == 0 && time > 1,
+      /*scale=*/std::nullopt,
+      /*enable_gqa=*/kv_heads_ != heads_);
+  return o_proj(
+      attended.transpose(1, 2).reshape({batch, time, heads_ * head_dim_}));
+}
+
+LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) {
+  gate_proj = register_module(
+      "gate_proj", linear(c.hidden_size(), c.intermediate_size()));
+  up_proj = register_module(
+      "up_proj", linear(c.hidden_size(), c.intermediate_size()));
+  down_proj = register_module(
+      "down_proj", linear(c.intermediate_size(), c.hidden_size()));
+}
+
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
+  self_attn = register_module("self_attn", LlamaAttention(c));
+  mlp = register_module("mlp", LlamaMlp(c));
+  input_layernorm = register_module(
+      "input_layernorm", RMSNorm(c.hidden_size(), c.rms_norm_eps()));
+  post_attention_layernorm = register_module(
+      "post_attention_layernorm", RMSNorm(c.hidden_size(), c.rms_norm_eps()));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(
+    const torch::Tensor& x,
+    const Rotary& rotary,
+    torch::Tensor* keys,
+    torch::Tensor* values) {
+  const torch::Tensor h =
+      x + self_attn(input_layernorm(x), rotary, keys, values);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+// ---------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------
+
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) : config_(c) {
+  config_.validate();
+  embed_tokens = register_module(
+      "embed_tokens",
+      QuantEmbedding(
+          torch::nn::EmbeddingOptions(c.vocab_size(), c.hidden_size()),
+          LayerQuantSpecs{}));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers(); ++i)
+    layers->push_back(LlamaDecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.hidden_size(), c.rms_norm_eps()));
+  // Hugging Face's rule, in float32: theta ^ -(2i / head_dim).
+  const int64_t dim = c.attention_head_dim();
+  inv_freq_ = 1.0 /
+      torch::pow(c.rope_theta(),
+                 torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) /
+                     static_cast<double>(dim));
+  // Initialisation as Hugging Face's LlamaPreTrainedModel: N(0, 0.02).
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters()) {
+    if (p.dim() == 2)
+      p.normal_(0.0, 0.02);
+  }
+}
+
+Rotary LlamaModelImpl::rotary(
+    int64_t begin,
+    int64_t length,
+    torch::Device device) const {
+  const torch::Tensor positions =
+      torch::arange(begin, begin + length, torch::kLong).to(torch::kFloat);
+  const torch::Tensor freqs = torch::outer(positions, inv_freq_);
+  const torch::Tensor angles = torch::cat({freqs, freqs}, -1).to(device);
+  return {angles.cos(), angles.sin()};
+}
+
+torch::Tensor LlamaModelImpl::forward(
+    const torch::Tensor& tokens,
+    KvCache* cache) {
+  if (tokens.dim() != 2 || tokens.scalar_type() != torch::kLong) {
+    throw std::invalid_argument(
+        "LlamaModel: tokens must be int64 [batch, time]");
+  }
+  const int64_t past = cache ? cache->length() : 0;
+  const int64_t time = tokens.size(1);
+  if (past + time > config_.max_position_embeddings()) {
+    throw std::invalid_argument(
+        "LlamaModel: positions up to " + std::to_string(past + time) +
+        " exceed max_position_embeddings = " +
+        std::to_string(config_.max_position_embeddings()));
+  }
+  if (cache && cache->keys.empty()) {
+    cache->keys.resize(layers->size());
+    cache->values.resize(layers->size());
+  }
+  const Rotary rot = rotary(past, time, tokens.device());
+  torch::Tensor h = embed_tokens(tokens);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    h = layers->at<LlamaDecoderLayerImpl>(i).forward(
+        h,
+        rot,
+        cache ? &cache->keys[i] : nullptr,
+        cache ? &cache->values[i] : nullptr);
+  }
+  return norm(h);
+}
+
+LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
+    : config_(std::move(config)) {
+  model = register_module("model", LlamaModel(config_));
+  if (!config_.tie_word_embeddings()) {
+    lm_head = register_module(
+        "lm_head", linear(config_.hidden_size(), config_.vocab_size()));
+    torch::NoGradGuard no_grad;
+    lm_head->weight.normal_(0.0, 0.02);
+  }
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward(
+    const torch::Tensor& tokens,
+    KvCache* cache) {
+  const torch::Tensor h = model(tokens, cache);
+  if (!lm_head.is_empty())
+    return lm_head(h);
+  // Tied: the embedding table as it is served (through its quantizer).
+  QuantEmbeddingImpl& embed = *model->embed_tokens;
+  return F::linear(h, embed.effective_weight(embed.weight));
+}
+
+torch::Tensor LlamaForCausalLMImpl::generate(
+    const torch::Tensor& prompt,
+    int64_t max_new_tokens,
+    double temperature,
+    uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  KvCache cache;
+  torch::Tensor tokens = prompt;
+  torch::Tensor next_input = prompt;
+  for (int64_t step = 0; step < max_new_tokens; ++step) {
+    const torch::Tensor logits =
+        forward(next_input, &cache).select(1, -1).to(torch::kFloat);
+    torch::Tensor next;
+    if (temperature <= 0.0) {
+      next = logits.argmax(-1, /*keepdim=*/true);
+    } else {
+      const torch::Tensor probs =
+          torch::softmax(logits / temperature, -1).cpu();
+      next = at::multinomial(probs, 1, false, generator).to(logits.device());
+    }
+    tokens = torch::cat({tokens, next}, 1);
+    next_input = next;
+  }
+  return tokens;
+}
+
+} // namespace qat::models

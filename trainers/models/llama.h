@@ -1,0 +1,174 @@
+// A Llama-style decoder (the architecture of Llama 2/3, TinyLlama, SmolLM2)
+// built from qat's layers, so that prepare() quantizes it by name:
+//
+//   embed_tokens -> [x + attn(rms_norm(x)); x + mlp(rms_norm(x))]* -> rms_norm
+//   -> lm_head
+//
+// attention: rotary position embeddings (RoPE, the rotate-half convention of
+// Hugging Face's Llama), grouped-query attention (num_key_value_heads <=
+// num_attention_heads), causal, with an optional KV cache for generation;
+// mlp: SwiGLU, down(silu(gate(x)) * up(x)).
+//
+// Module names are those of Hugging Face's LlamaForCausalLM, so checkpoints
+// load by name (trainers/models/weights.h) and QuantConfig rules read like
+// other tools' ("model.layers.*.self_attn.*", "lm_head"):
+//   model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj,
+//   model.layers.{i}.mlp.{gate,up,down}_proj,
+//   model.layers.{i}.{input,post_attention}_layernorm, model.norm, lm_head.
+// With tied embeddings there is no lm_head: the head multiplies by the
+// embedding table as its quantizer (or convert()) gives it, as llama.cpp serves
+// a tied GGUF model.
+//
+// Example:
+//   qat::models::LlamaForCausalLM lm(qat::models::LlamaConfig().hidden_size(256));
+//   auto logits = lm(tokens);                        // [batch, time, vocab]
+//   auto text = lm->generate(prompt, /*max_new_tokens=*/64);
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <vector>
+
+#include "qat/modules/embedding.h"
+#include "qat/modules/linear.h"
+
+namespace qat::models {
+
+struct LlamaConfig {
+  TORCH_ARG(int64_t, vocab_size) = 256;
+  TORCH_ARG(int64_t, hidden_size) = 128;
+  TORCH_ARG(int64_t, intermediate_size) = 352;
+  TORCH_ARG(int64_t, num_hidden_layers) = 2;
+  TORCH_ARG(int64_t, num_attention_heads) = 4;
+  TORCH_ARG(int64_t, num_key_value_heads) = 2;
+  // 0: hidden_size / num_attention_heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
+  TORCH_ARG(int64_t, max_position_embeddings) = 512;
+  TORCH_ARG(double, rope_theta) = 10000.0;
+  TORCH_ARG(double, rms_norm_eps) = 1e-5;
+  TORCH_ARG(bool, tie_word_embeddings) = true;
+
+ public:
+  int64_t attention_head_dim() const {
+    return head_dim_ > 0 ? head_dim_ : hidden_size_ / num_attention_heads_;
+  }
+  // Throws std::invalid_argument naming the field.
+  void validate() const;
+  // Hugging Face's config.json for LlamaForCausalLM (its key names). Features
+  // this decoder does not have (rope_scaling, attention or MLP biases, an
+  // activation other than silu) are refused by name, not ignored.
+  static LlamaConfig from_hf_json(const std::string& path);
+  void save_hf_json(const std::string& path) const;
+};
+
+// Keys and values of the positions seen so far, per layer:
+// [batch, num_key_value_heads, length, head_dim].
+struct KvCache {
+  std::vector<torch::Tensor> keys, values;
+  int64_t length() const {
+    return keys.empty() || !keys.front().defined() ? 0 : keys.front().size(2);
+  }
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  // x / sqrt(mean(x^2) + eps) * weight, the statistics in float32.
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// cos and sin of the rotary angles for the positions of one forward.
+struct Rotary {
+  torch::Tensor cos, sin; // [time, head_dim]
+};
+
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  explicit LlamaAttentionImpl(const LlamaConfig& config);
+  // x [batch, time, hidden]; appends this call's keys and values to
+  // `keys` / `values` (the layer's cache slots) when given.
+  torch::Tensor forward(
+      const torch::Tensor& x,
+      const Rotary& rotary,
+      torch::Tensor* keys,
+      torch::Tensor* values);
+  QuantLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr},
+      o_proj{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(LlamaAttention);
+
+class LlamaMlpImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMlpImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);
+  QuantLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMlp);
+
+class LlamaDecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  torch::Tensor forward(
+      const torch::Tensor& x,
+      const Rotary& rotary,
+      torch::Tensor* keys,
+      torch::Tensor* values);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  LlamaMlp mlp{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  explicit LlamaModelImpl(const LlamaConfig& config);
+  // Final hidden states [batch, time, hidden] of tokens at positions
+  // [cache length, cache length + time).
+  torch::Tensor forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
+  QuantEmbedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+
+ private:
+  Rotary rotary(int64_t begin, int64_t length, torch::Device device) const;
+  LlamaConfig config_;
+  torch::Tensor inv_freq_; // [head_dim / 2], not a parameter or buffer
+};
+TORCH_MODULE(LlamaModel);
+
+class LlamaForCausalLMImpl : public torch::nn::Module {
+ public:
+  explicit LlamaForCausalLMImpl(LlamaConfig config);
+  // Next-token logits [batch, time, vocab] for int64 tokens [batch, time];
+  // with a cache, the tokens continue what it holds and are appended to it.
+  torch::Tensor forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
+  // Continues prompt [batch, time] by max_new_tokens tokens (greedy when
+  // temperature is 0, else sampled with a generator seeded by `seed`), one
+  // token a step through the KV cache; returns prompt + continuation.
+  torch::Tensor generate(
+      const torch::Tensor& prompt,
+      int64_t max_new_tokens,
+      double temperature = 0.0,
+      uint64_t seed = 0);
+  const LlamaConfig& config() const {
+    return config_;
+  }
+
+  LlamaModel model{nullptr};
+  QuantLinear lm_head{nullptr}; // empty with tied embeddings
+
+ private:
+  LlamaConfig config_;
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+} // namespace qat::models
