@@ -2,10 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <sstream>
 #include <stdexcept>
 
 #include "kernels/ref/gguf_ref.h"
+#include "qat/export/safetensors.h"
 #include "qat/modules/quantizers.h"
+#include "qat/observer.h"
 
 namespace qat {
 namespace {
@@ -205,6 +208,132 @@ std::map<std::string, const QuantizedWeight*> quantized_weights(
       out[item.key()] = &*layer->quantized_weight;
   }
   return out;
+}
+
+namespace {
+
+const std::string kSpecKey = "qat.spec.";
+
+std::vector<std::pair<std::string, QuantizedLayer*>> weight_quantized_layers(
+    torch::nn::Module& model) {
+  std::vector<std::pair<std::string, QuantizedLayer*>> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
+    if (layer && !layer->quantizers.weight.is_empty())
+      out.emplace_back(item.key(), layer);
+  }
+  return out;
+}
+
+// Everything the activation quantizers hold (calibrated or learned scales,
+// observer statistics, switches): they run at inference too.
+std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
+    torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
+    if (!layer)
+      continue;
+    for (const auto& [role, quantizer] :
+         {std::pair{"input_quantizer", &layer->quantizers.input},
+          std::pair{"output_quantizer", &layer->quantizers.output}}) {
+      if (quantizer->is_empty())
+        continue;
+      const std::string prefix = item.key() + "." + role + ".";
+      for (const auto& p : (*quantizer)->named_parameters())
+        out.emplace_back(prefix + p.key(), p.value());
+      for (const auto& b : (*quantizer)->named_buffers())
+        out.emplace_back(prefix + b.key(), b.value());
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+void save_converted(torch::nn::Module& model, const std::string& path) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::map<std::string, std::string> metadata{{"format", "pt"}};
+  for (const auto& [name, layer] : weight_quantized_layers(model)) {
+    if (!layer->quantized_weight) {
+      throw std::invalid_argument(
+          "save_converted: layer '" + name +
+          "' has a weight quantizer but was not converted; call convert()");
+    }
+    const QuantizedWeight& q = *layer->quantized_weight;
+    tensors.emplace_back(name + ".weight", q.data);
+    tensors.emplace_back(name + ".weight_scale", q.scale);
+    if (q.zero_point.defined())
+      tensors.emplace_back(name + ".weight_zero_point", q.zero_point);
+    tensors.emplace_back(name + ".weight_shape", torch::tensor(q.shape));
+    metadata[kSpecKey + name] = q.spec.to_string();
+  }
+  for (const auto& [name, tensor] : activation_quantizer_state(model))
+    tensors.emplace_back(name, tensor.detach());
+  safetensors::write(path, tensors, metadata);
+}
+
+void load_converted(torch::nn::Module& model, const std::string& path) {
+  const auto file = safetensors::File::read(path);
+  std::vector<std::pair<QuantizedLayer*, QuantizedWeight>> loaded;
+  for (const auto& [name, layer] : weight_quantized_layers(model)) {
+    const auto fail = [&, &name = name](const std::string& why) {
+      throw std::runtime_error(path + ": layer '" + name + "': " + why);
+    };
+    const QuantSpec& spec = layer->quantizers.weight->options().spec();
+    const auto saved = file.metadata().find(kSpecKey + name);
+    if (saved == file.metadata().end())
+      fail("not in the file");
+    if (saved->second != spec.to_string()) {
+      fail(
+          "saved as " + saved->second + " but the model's spec is " +
+          spec.to_string());
+    }
+    // What convert() would make of this layer: the shapes and dtypes to
+    // expect.
+    const torch::Tensor w = layer->weight_to_quantize().detach();
+    const QParams params = dynamic_qparams(w, spec);
+    const QuantizedWeight like =
+        QuantizedWeight::quantize(w, spec, params.scale, params.zero_point);
+    QuantizedWeight q{spec, like.shape, {}, {}, {}};
+    const auto take = [&](const std::string& suffix,
+                          const torch::Tensor& want) {
+      const std::string key = name + suffix;
+      if (!file.contains(key))
+        fail("missing tensor '" + key + "'");
+      torch::Tensor t = file.tensor(key);
+      if (t.sizes() != want.sizes() || t.scalar_type() != want.scalar_type()) {
+        std::ostringstream why;
+        why << "tensor '" << key << "' is " << t.scalar_type() << t.sizes()
+            << ", expected " << want.scalar_type() << want.sizes();
+        fail(why.str());
+      }
+      return t.to(want.device());
+    };
+    q.data = take(".weight", like.data);
+    q.scale = take(".weight_scale", like.scale);
+    if (like.zero_point.defined())
+      q.zero_point = take(".weight_zero_point", like.zero_point);
+    if (!torch::equal(
+            take(".weight_shape", torch::tensor(like.shape)),
+            torch::tensor(like.shape)))
+      fail("its weight shape differs from the model's");
+    loaded.emplace_back(layer, std::move(q));
+  }
+  const auto activations = activation_quantizer_state(model);
+  for (const auto& [name, tensor] : activations) {
+    if (!file.contains(name)) {
+      throw std::runtime_error(
+          path + ": missing activation quantizer tensor '" + name + "'");
+    }
+  }
+  for (auto& [layer, q] : loaded)
+    layer->quantized_weight = std::move(q);
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : activations) {
+    torch::Tensor target = tensor;
+    target.set_data(file.tensor(name).to(tensor.device()));
+  }
 }
 
 } // namespace qat

@@ -49,4 +49,16 @@ int64_t convert(torch::nn::Module& model);
 std::map<std::string, const QuantizedWeight*> quantized_weights(
     torch::nn::Module& model);
 
+// A converted model's quantized weights in one safetensors file: for layer L,
+// "L.weight" (its data as stored above), "L.weight_scale",
+// "L.weight_zero_point" (integer formats) and "L.weight_shape", with each
+// layer's spec in the metadata ("qat.spec.L"). The float parameters are not
+// in it (trainers/models/weights.h saves those).
+void save_converted(torch::nn::Module& model, const std::string& path);
+// Puts such a file's weights into a model prepared with the same specs, as
+// convert() would have: every quantized layer must be in the file with the
+// same spec and shapes. Everything is checked first; errors name the file and
+// the layer, and leave the model as it was.
+void load_converted(torch::nn::Module& model, const std::string& path);
+
 } // namespace qat

@@ -528,6 +528,45 @@ TEST(Convert, QuantizedWeightsRoundTripThroughSafetensors) {
   EXPECT_TRUE(torch::equal(back.codes(), q.codes()));
 }
 
+// A converted model saved and loaded into its prepared twin computes the same
+// bits; a file that does not fit is refused with the layer named.
+TEST(Convert, ConvertedModelsSaveAndLoad) {
+  TinyLm model;
+  QuantConfig config = tiny_config();
+  config.rules.push_back(QuantRule::quantize("lm_head", preset("fp8_e4m3")));
+  config.rules.erase(config.rules.begin()); // lm_head was skipped
+  prepare(model, config);
+  const auto ids = torch::randint(0, 50, {3, 9});
+  calibrate(model, [&] { model.forward(ids); });
+  convert(model);
+  const auto served = model.forward(ids);
+  const std::string path =
+      "/tmp/qat_converted_" + std::to_string(::getpid()) + ".safetensors";
+  save_converted(model, path);
+
+  TinyLm twin; // same float weights (same seed), not calibrated
+  prepare(twin, config);
+  load_converted(twin, path);
+  EXPECT_TRUE(bitwise_equal(twin.forward(ids), served));
+  EXPECT_TRUE(torch::equal(
+      twin.fc0->quantized_weight->codes(),
+      model.fc0->quantized_weight->codes()));
+
+  TinyLm other;
+  prepare(other, {{QuantRule::quantize("blocks.*", preset("w8a8_int8"))}});
+  try {
+    load_converted(other, path);
+    ADD_FAILURE() << "a file with other specs was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find(path + ": layer 'blocks.0': saved as"),
+        std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(other.fc0->quantized_weight.has_value());
+  std::remove(path.c_str());
+}
+
 TEST(Models, ResNetLayersAreNamedAndQuantizable) {
   torch::manual_seed(3);
   models::ResNet net;

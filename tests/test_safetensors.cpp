@@ -82,6 +82,10 @@ TEST_F(Safetensors, EveryDtypeRoundTripsBitForBit) {
   tensors.emplace_back("scalar", torch::tensor(3.5));
   tensors.emplace_back("empty", torch::empty({0, 4}));
   tensors.emplace_back("strided", base.t()); // written contiguous
+  // Empty tensors share their offset with the next tensor, whatever the
+  // order of their names.
+  tensors.emplace_back("z.empty", torch::empty({0}));
+  tensors.emplace_back("a.after_empty", torch::ones({2}));
   const std::string written = path("a.safetensors");
   safetensors::write(written, tensors, {{"format", "pt"}});
 

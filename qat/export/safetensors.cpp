@@ -175,7 +175,7 @@ File File::read(const std::string& path) {
   if (!json.is_object())
     fail(path, "header must be a JSON object");
 
-  std::vector<std::pair<uint64_t, std::string>> by_offset;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> by_offset;
   for (const auto& [name, entry] : json.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object())
@@ -188,13 +188,14 @@ File File::read(const std::string& path) {
       continue;
     }
     const TensorInfo info = parse_entry(path, name, entry, data_size);
-    by_offset.emplace_back(info.begin, name);
+    by_offset.emplace_back(info.begin, info.end, name);
     file.infos_.emplace(name, info);
   }
-  // The byte ranges must tile the data section: no overlap, no hole.
+  // The byte ranges must tile the data section: no overlap, no hole. Empty
+  // tensors sort before a tensor that starts where they do.
   std::sort(by_offset.begin(), by_offset.end());
   uint64_t expected_begin = 0;
-  for (const auto& [begin, name] : by_offset) {
+  for (const auto& [begin, end, name] : by_offset) {
     const TensorInfo& info = file.infos_.at(name);
     if (info.begin != expected_begin) {
       fail(

@@ -45,6 +45,11 @@ class QuantizedLayer {
   // zero point (observing the weight first if it never was); from then on
   // the forward dequantizes quantized_weight instead of fake-quantizing.
   void convert_weight();
+  // The tensor the weight quantizer sees (the folded weight of a Conv+BN);
+  // undefined for layers without a weight.
+  torch::Tensor weight_to_quantize() const {
+    return quantizer_input();
+  }
   // The weight the forward computes with: dequantized after convert(), else
   // `w` through the weight quantizer (if any).
   torch::Tensor effective_weight(const torch::Tensor& w);
