@@ -432,5 +432,20 @@ QAT_HOST_DEVICE float gguf_dequantize(
       half_bits_to_float(block.d_bits);
 }
 
+// Fake-quant of one block of 32: y = x', mask (may be null) = not clipped.
+template <typename T>
+QAT_HOST_DEVICE void gguf_fake_quant_block(
+    GgufType type,
+    const T* x,
+    T* y,
+    uint8_t* mask) {
+  const GgufBlock block = gguf_quantize_block(type, x);
+  for (int j = 0; j < kGgufBlockSize; ++j) {
+    y[j] = from_float<T>(gguf_dequantize(type, block, x, j));
+    if (mask)
+      mask[j] = (block.in_range >> j) & 1u;
+  }
+}
+
 } // namespace QAT_KERNELS_ABI
 } // namespace qat::kernels

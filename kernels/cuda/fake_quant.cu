@@ -231,14 +231,8 @@ __global__ void gguf_kernel(
     GgufType type,
     int64_t blocks) {
   for (int64_t b = global_thread(); b < blocks; b += grid_threads()) {
-    const T* xb = x + b * kGgufBlockSize;
-    const GgufBlock block = gguf_quantize_block(type, xb);
-    for (int j = 0; j < kGgufBlockSize; ++j) {
-      y[b * kGgufBlockSize + j] =
-          from_float<T>(gguf_dequantize(type, block, xb, j));
-      if (mask)
-        mask[b * kGgufBlockSize + j] = (block.in_range >> j) & 1u;
-    }
+    const int64_t at = b * kGgufBlockSize;
+    gguf_fake_quant_block(type, x + at, y + at, mask ? mask + at : nullptr);
   }
 }
 

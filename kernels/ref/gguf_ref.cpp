@@ -15,14 +15,8 @@ void fake_quant_gguf_ref(
     int64_t block_begin,
     int64_t block_end) {
   for (int64_t b = block_begin; b < block_end; ++b) {
-    const T* xb = x + b * kGgufBlockSize;
-    const GgufBlock block = gguf_quantize_block(type, xb);
-    for (int j = 0; j < kGgufBlockSize; ++j) {
-      y[b * kGgufBlockSize + j] =
-          from_float<T>(gguf_dequantize(type, block, xb, j));
-      if (mask)
-        mask[b * kGgufBlockSize + j] = (block.in_range >> j) & 1u;
-    }
+    const int64_t at = b * kGgufBlockSize;
+    gguf_fake_quant_block(type, x + at, y + at, mask ? mask + at : nullptr);
   }
 }
 

@@ -15,6 +15,7 @@ import tempfile
 
 import numpy as np
 import torch
+from conformance import report
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
@@ -72,10 +73,7 @@ def main(tool: str) -> int:
                 i = np.argwhere(~same)[0]
                 failures.append(f"{name} {tag}: {int((~same).sum())} fake-quant values differ, "
                                 f"first at {tuple(i)}: {fake[tuple(i)]!r} vs {reference[tuple(i)]!r}")
-    print(f"{checks - len(failures)} passed, {len(failures)} failed")
-    for failure in failures:
-        print("FAILED:", failure)
-    return 1 if failures else 0
+    return report(checks, failures)
 
 
 if __name__ == "__main__":

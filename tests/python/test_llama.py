@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 import torch
+from conformance import report
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -66,10 +67,7 @@ def main(tool: str) -> int:
         if not torch.equal(ours["generated"], generated):
             failures.append(f"{name} generated {ours['generated'].tolist()} != {generated.tolist()}")
 
-    print(f"{checks - len(failures)} passed, {len(failures)} failed")
-    for failure in failures:
-        print("FAILED:", failure)
-    return 1 if failures else 0
+    return report(checks, failures)
 
 
 if __name__ == "__main__":

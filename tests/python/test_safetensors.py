@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 import torch
+from conformance import report
 from safetensors.torch import load_file, save_file
 
 
@@ -53,10 +54,7 @@ def main(tool: str) -> int:
         if result.returncode == 0 or bad not in result.stderr:
             failures.append(f"malformed file: rc={result.returncode} stderr={result.stderr!r}")
     checks = len(tensors) + 2
-    print(f"{checks - len(failures)} passed, {len(failures)} failed")
-    for failure in failures:
-        print("FAILED:", failure)
-    return 1 if failures else 0
+    return report(checks, failures)
 
 
 if __name__ == "__main__":
