@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <sstream>
 #include <stdexcept>
 
@@ -187,42 +188,22 @@ int64_t QuantizedWeight::storage_bytes() const {
       (zero_point.defined() ? zero_point.numel() * 4 : 0);
 }
 
-int64_t convert(torch::nn::Module& model) {
-  int64_t converted = 0;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
-    if (!layer || layer->quantizers.weight.is_empty())
-      continue;
-    layer->convert_weight();
-    ++converted;
-  }
-  return converted;
-}
-
-std::map<std::string, const QuantizedWeight*> quantized_weights(
-    torch::nn::Module& model) {
-  std::map<std::string, const QuantizedWeight*> out;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
-    if (layer && layer->quantized_weight)
-      out[item.key()] = &*layer->quantized_weight;
-  }
-  return out;
-}
-
 namespace {
 
 const std::string kSpecKey = "qat.spec.";
 
 std::vector<std::pair<std::string, QuantizedLayer*>> weight_quantized_layers(
     torch::nn::Module& model) {
-  std::vector<std::pair<std::string, QuantizedLayer*>> out;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
-    if (layer && !layer->quantizers.weight.is_empty())
-      out.emplace_back(item.key(), layer);
-  }
-  return out;
+  auto layers = quantized_layers(model);
+  layers.erase(
+      std::remove_if(
+          layers.begin(),
+          layers.end(),
+          [](const auto& item) {
+            return item.second->quantizers.weight.is_empty();
+          }),
+      layers.end());
+  return layers;
 }
 
 // Everything the activation quantizers hold (calibrated or learned scales,
@@ -230,16 +211,13 @@ std::vector<std::pair<std::string, QuantizedLayer*>> weight_quantized_layers(
 std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
     torch::nn::Module& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get());
-    if (!layer)
-      continue;
+  for (const auto& [name, layer] : quantized_layers(model)) {
     for (const auto& [role, quantizer] :
          {std::pair{"input_quantizer", &layer->quantizers.input},
           std::pair{"output_quantizer", &layer->quantizers.output}}) {
       if (quantizer->is_empty())
         continue;
-      const std::string prefix = item.key() + "." + role + ".";
+      const std::string prefix = name + "." + role + ".";
       for (const auto& p : (*quantizer)->named_parameters())
         out.emplace_back(prefix + p.key(), p.value());
       for (const auto& b : (*quantizer)->named_buffers())
@@ -250,6 +228,23 @@ std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
 }
 
 } // namespace
+
+int64_t convert(torch::nn::Module& model) {
+  const auto layers = weight_quantized_layers(model);
+  for (const auto& [name, layer] : layers)
+    layer->convert_weight();
+  return static_cast<int64_t>(layers.size());
+}
+
+std::map<std::string, const QuantizedWeight*> quantized_weights(
+    torch::nn::Module& model) {
+  std::map<std::string, const QuantizedWeight*> out;
+  for (const auto& [name, layer] : quantized_layers(model)) {
+    if (layer->quantized_weight)
+      out[name] = &*layer->quantized_weight;
+  }
+  return out;
+}
 
 void save_converted(torch::nn::Module& model, const std::string& path) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;

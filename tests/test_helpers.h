@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <exception>
+#include <functional>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace qat::testing {
@@ -74,6 +77,29 @@ inline ::testing::AssertionResult bitwise_equal(
       << differ.size(0) << " of " << a.numel()
       << " elements differ; first at flat index " << i << ": "
       << fa[i].item<float>() << " vs " << fb[i].item<float>();
+}
+
+// The message of the E that `call` throws; "(no error)" when it returns.
+template <typename E = std::exception>
+std::string error_message(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// Passes when `call` throws an E whose message contains `words`.
+template <typename E>
+::testing::AssertionResult throws_with(
+    const std::function<void()>& call,
+    const std::string& words) {
+  const std::string message = error_message<E>(call);
+  if (message != "(no error)" && message.find(words) != std::string::npos)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+      << "expected an error mentioning '" << words << "', got: " << message;
 }
 
 } // namespace qat::testing

@@ -41,15 +41,7 @@ std::string scratch(const std::string& name) {
   return "/tmp/qat_llama_" + std::to_string(::getpid()) + "_" + name;
 }
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using qat::testing::error_message;
 
 TEST(Llama, KvCacheGivesTheFullForwardsLogits) {
   torch::manual_seed(1);
@@ -80,7 +72,7 @@ TEST(Llama, KvCacheGivesTheFullForwardsLogits) {
   const auto again = lm(generated.narrow(1, 0, 10)).argmax(-1);
   EXPECT_TRUE(torch::equal(generated.narrow(1, 5, 6), again.narrow(1, 4, 6)));
   EXPECT_NE(
-      error_of([&] {
+      error_message([&] {
         lm->generate(tokens, 60);
       }).find("exceed max_position_embeddings = 64"),
       std::string::npos);
@@ -146,7 +138,7 @@ TEST(Llama, CheckpointsThatDoNotFitAreRefusedWhole) {
   const auto before = lm->model->norm->weight.clone();
 
   write_without("model.layers.1.mlp.up_proj.weight", "", "");
-  const auto missing = error_of([&] { load_weights(*lm, path); });
+  const auto missing = error_message([&] { load_weights(*lm, path); });
   EXPECT_NE(missing.find(path), std::string::npos) << missing;
   EXPECT_NE(
       missing.find("missing tensors: model.layers.1.mlp.up_proj.weight"),
@@ -155,7 +147,7 @@ TEST(Llama, CheckpointsThatDoNotFitAreRefusedWhole) {
 
   write_without(
       "", "model.norm.weight", "model.layers.0.self_attn.rotary_emb.inv_freq");
-  const auto mismatch = error_of([&] { load_weights(*lm, path); });
+  const auto mismatch = error_message([&] { load_weights(*lm, path); });
   EXPECT_NE(
       mismatch.find(
           "unexpected tensors: model.layers.0.self_attn.rotary_emb.inv_freq"),
@@ -179,12 +171,12 @@ TEST(Llama, CheckpointsThatDoNotFitAreRefusedWhole) {
 
 TEST(Llama, ConfigsAreCheckedAndReadFromHuggingFaceJson) {
   EXPECT_NE(
-      error_of([] { small().num_key_value_heads(3).validate(); })
+      error_message([] { small().num_key_value_heads(3).validate(); })
           .find("LlamaConfig.num_key_value_heads: 3 must divide "
                 "num_attention_heads (4)"),
       std::string::npos);
   EXPECT_NE(
-      error_of([] {
+      error_message([] {
         small()
             .hidden_size(56)
             .num_attention_heads(8)
@@ -203,7 +195,7 @@ TEST(Llama, ConfigsAreCheckedAndReadFromHuggingFaceJson) {
   auto write = [&](const std::string& text) { std::ofstream(path) << text; };
   write(R"({"vocab_size": 10, "hidden_size": 8})");
   EXPECT_NE(
-      error_of([&] {
+      error_message([&] {
         LlamaConfig::from_hf_json(path);
       }).find(path + ": missing 'intermediate_size'"),
       std::string::npos);
@@ -211,13 +203,13 @@ TEST(Llama, ConfigsAreCheckedAndReadFromHuggingFaceJson) {
             "num_hidden_layers": 1, "num_attention_heads": 2,
             "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})");
   EXPECT_NE(
-      error_of([&] {
+      error_message([&] {
         LlamaConfig::from_hf_json(path);
       }).find("'rope_scaling' with rope_type 'llama3' is not supported"),
       std::string::npos);
   write(R"({"vocab_size": "ten")");
   EXPECT_NE(
-      error_of([&] {
+      error_message([&] {
         LlamaConfig::from_hf_json(path);
       }).find(path + ": not valid JSON"),
       std::string::npos);

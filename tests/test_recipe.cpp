@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "tests/test_helpers.h"
 #include "trainers/recipe.h"
 
 namespace qat::recipe {
@@ -58,12 +59,8 @@ class RecipeTest : public ::testing::Test {
   std::string error_of(
       const std::string& recipe,
       const std::vector<std::string>& overrides = {}) {
-    try {
-      Recipe::load(path(recipe), overrides);
-    } catch (const RecipeError& e) {
-      return e.what();
-    }
-    return "(no error)";
+    return testing::error_message<RecipeError>(
+        [&] { Recipe::load(path(recipe), overrides); });
   }
   fs::path dir_;
 };
@@ -149,6 +146,10 @@ TEST_F(RecipeTest, FileErrorsNameFileLineAndColumn) {
   EXPECT_EQ(
       error_of("cycle.yaml"),
       path("cycle.yaml") + ":2:4: b: interpolation cycle: a -> b -> a");
+  write("list.yaml", "n: 3\nl: [\"${n}\", 2]\n");
+  EXPECT_EQ(
+      Recipe::load(path("list.yaml")).get<std::vector<int64_t>>("l"),
+      (std::vector<int64_t>{3, 2}));
   write("dangling.yaml", "a: ${nowhere.b}\n");
   EXPECT_EQ(
       error_of("dangling.yaml"),

@@ -97,6 +97,16 @@ std::vector<std::string> map_keys(const YAML::Node& map) {
   return keys;
 }
 
+// Forgets where `path` and everything under it came from. The keys under it
+// are exactly those in [path + ".", path + "/"): '/' follows '.'.
+void forget_origins(
+    std::map<std::string, std::string>& origins,
+    const std::string& path) {
+  origins.erase(path);
+  origins.erase(
+      origins.lower_bound(path + "."), origins.lower_bound(path + "/"));
+}
+
 // Loads a recipe and the config groups its defaults name, recording where
 // each value comes from.
 class Composer {
@@ -187,10 +197,6 @@ class Composer {
     }
   }
 
-  bool is_group(const std::string& name) const {
-    return fs::is_directory(root_ / name);
-  }
-
  private:
   std::string options(const std::string& group) const {
     std::vector<std::string> names;
@@ -224,20 +230,9 @@ class Composer {
       }
       dst[key] = YAML::Clone(kv.second);
       if (!file.empty()) {
-        forget(path);
+        forget_origins(origins_, path);
         record(kv.second, path, file);
       }
-    }
-  }
-
-  void forget(const std::string& path) {
-    for (auto it = origins_.lower_bound(path); it != origins_.end();) {
-      if (it->first == path || it->first.rfind(path + ".", 0) == 0)
-        it = origins_.erase(it);
-      else if (it->first > path + "/")
-        break;
-      else
-        ++it;
     }
   }
 
@@ -439,10 +434,7 @@ void Recipe::apply_override(const std::string& text) {
     parent.reset(parent_key.empty() ? root_ : node(parent_key));
     parent[parts.back()] = value;
   }
-  for (auto it = origins_.begin(); it != origins_.end();) {
-    it =
-        it->first.rfind(key + ".", 0) == 0 ? origins_.erase(it) : std::next(it);
-  }
+  forget_origins(origins_, key);
   origins_[key] = "override '" + text + "'";
 }
 
@@ -499,32 +491,20 @@ std::string Recipe::resolve_text(
 }
 
 void Recipe::resolve_interpolations() {
+  // A scalar holding "${" is replaced in place (assigning to a bound yaml-cpp
+  // node rewrites it inside its parent) by its resolved text read as YAML, so
+  // "${trainer.steps}" stays an int. List items resolve under the list's key.
   std::function<void(YAML::Node, const std::string&)> walk =
-      [&](YAML::Node n, const std::string& prefix) {
-        if (n.IsMap()) {
-          for (auto kv : n) {
-            const std::string key = join(prefix, kv.first.as<std::string>());
-            YAML::Node child = kv.second;
-            if (child.IsScalar() &&
-                child.Scalar().find("${") != std::string::npos) {
-              std::vector<std::string> visiting{key};
-              n[kv.first.as<std::string>()] =
-                  YAML::Load(resolve_text(key, child.Scalar(), visiting));
-            } else {
-              walk(child, key);
-            }
-          }
+      [&](YAML::Node n, const std::string& key) {
+        if (n.IsScalar() && n.Scalar().find("${") != std::string::npos) {
+          std::vector<std::string> visiting{key};
+          n = YAML::Load(resolve_text(key, n.Scalar(), visiting));
+        } else if (n.IsMap()) {
+          for (auto kv : n)
+            walk(kv.second, join(key, kv.first.as<std::string>()));
         } else if (n.IsSequence()) {
-          for (size_t i = 0; i < n.size(); ++i) {
-            YAML::Node child = n[i];
-            if (child.IsScalar() &&
-                child.Scalar().find("${") != std::string::npos) {
-              std::vector<std::string> visiting{prefix};
-              n[i] = YAML::Load(resolve_text(prefix, child.Scalar(), visiting));
-            } else {
-              walk(child, prefix);
-            }
-          }
+          for (auto item : n)
+            walk(item, key);
         }
       };
   walk(root_, "");

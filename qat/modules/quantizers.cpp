@@ -108,4 +108,14 @@ void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
   }
 }
 
+std::vector<std::pair<std::string, QuantizedLayer*>> quantized_layers(
+    torch::nn::Module& model) {
+  std::vector<std::pair<std::string, QuantizedLayer*>> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (auto* layer = dynamic_cast<QuantizedLayer*>(item.value().get()))
+      out.emplace_back(item.key(), layer);
+  }
+  return out;
+}
+
 } // namespace qat

@@ -69,4 +69,8 @@ class QuantizedLayer {
   }
 };
 
+// Every quantized layer of `model` (below it) with its name, in module order.
+std::vector<std::pair<std::string, QuantizedLayer*>> quantized_layers(
+    torch::nn::Module& model);
+
 } // namespace qat

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string_view>
@@ -73,9 +74,9 @@ void load_weights(
   const auto file = safetensors::File::read(path);
   const NamedTensors targets = float_weights(model);
   std::vector<std::string> missing, unexpected, mismatched;
-  std::map<std::string, bool> wanted;
+  std::set<std::string> wanted;
   for (const auto& [name, t] : targets) {
-    wanted[name] = true;
+    wanted.insert(name);
     if (!file.contains(name)) {
       missing.push_back(name);
     } else if (file.info(name).shape != t.sizes().vec()) {
