@@ -24,10 +24,12 @@ constexpr const char* kLayerTypes[] = {
 struct Matcher {
   std::string glob;
   std::optional<std::regex> regex;
-  std::string layer_type;
+  std::vector<std::string> layer_types; // empty: any
 
   bool matches(const std::string& name, const char* type) const {
-    if (!layer_type.empty() && layer_type != type)
+    if (!layer_types.empty() &&
+        std::find(layer_types.begin(), layer_types.end(), type) ==
+            layer_types.end())
       return false;
     if (regex)
       return std::regex_match(name, *regex);
@@ -44,17 +46,21 @@ Matcher compile(const QuantRule& rule, size_t index) {
   if (rule.pattern.empty())
     throw std::invalid_argument(
         "QuantConfig " + rule_text(rule, index) + ": empty pattern");
-  if (!rule.layer_type.empty() &&
-      std::find_if(
-          std::begin(kLayerTypes), std::end(kLayerTypes), [&](const char* t) {
-            return rule.layer_type == t;
-          }) == std::end(kLayerTypes)) {
-    throw std::invalid_argument(
-        "QuantConfig " + rule_text(rule, index) + ": unknown layer type '" +
-        rule.layer_type +
-        "'; expected Linear, Conv2d, Embedding or Activation");
+  Matcher m{rule.pattern, std::nullopt, {}};
+  for (size_t begin = 0; !rule.layer_type.empty();) {
+    const size_t bar = rule.layer_type.find('|', begin);
+    const std::string type = rule.layer_type.substr(begin, bar - begin);
+    if (std::find(std::begin(kLayerTypes), std::end(kLayerTypes), type) ==
+        std::end(kLayerTypes)) {
+      throw std::invalid_argument(
+          "QuantConfig " + rule_text(rule, index) + ": unknown layer type '" +
+          type + "'; expected Linear, Conv2d, Embedding or Activation");
+    }
+    m.layer_types.push_back(type);
+    if (bar == std::string::npos)
+      break;
+    begin = bar + 1;
   }
-  Matcher m{rule.pattern, std::nullopt, rule.layer_type};
   if (rule.pattern.rfind("re:", 0) == 0) {
     try {
       m.regex.emplace(rule.pattern.substr(3), std::regex::ECMAScript);

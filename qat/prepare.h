@@ -35,7 +35,8 @@ struct QuantRule {
   // A glob on the layer's dotted name ('*' also crosses dots, as fnmatch), or
   // "re:" followed by an ECMAScript regex that must match the whole name.
   std::string pattern;
-  // "Linear", "Conv2d", "Embedding", "Activation", or empty for any.
+  // "Linear", "Conv2d", "Embedding", "Activation", alternatives joined by
+  // '|' ("Conv2d|Linear"), or empty for any.
   std::string layer_type;
   // The layer's quantizers; nullopt keeps the layer in float (skip).
   std::optional<LayerQuantSpecs> specs;

@@ -4,9 +4,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,7 +60,7 @@ inline torch::Tensor hard_values(
   return values.index_select(0, torch::randperm(n)).reshape(sizes);
 }
 
-// Bitwise equality of two floating tensors (NaN payloads included).
+// Bitwise equality of two tensors of any dtype (NaN payloads included).
 inline ::testing::AssertionResult bitwise_equal(
     const torch::Tensor& a,
     const torch::Tensor& b) {
@@ -64,9 +69,15 @@ inline ::testing::AssertionResult bitwise_equal(
         << "shape/dtype " << a.sizes() << " " << a.scalar_type() << " vs "
         << b.sizes() << " " << b.scalar_type();
   }
-  const auto int_type = a.element_size() == 4 ? torch::kInt : torch::kShort;
-  const auto ia = a.contiguous().view(int_type),
-             ib = b.contiguous().view(int_type);
+  const auto int_type = std::map<size_t, torch::ScalarType>{
+      {1, torch::kByte},
+      {2, torch::kShort},
+      {4, torch::kInt},
+      {8, torch::kLong}}.at(a.element_size());
+  const auto flat = [&](const torch::Tensor& t) {
+    return t.contiguous().view(int_type).reshape(-1);
+  };
+  const auto ia = flat(a), ib = flat(b);
   const auto differ = ia.ne(ib).nonzero();
   if (differ.size(0) == 0)
     return ::testing::AssertionSuccess();
@@ -101,5 +112,39 @@ template <typename E>
   return ::testing::AssertionFailure()
       << "expected an error mentioning '" << words << "', got: " << message;
 }
+
+// A fresh directory for one test, removed with everything in it afterwards:
+// file by file, deepest first (std::filesystem::remove_all crashes in a
+// process that has loaded libtorch 2.11's copy of it).
+class TempDir {
+ public:
+  TempDir() {
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+        ("qat_" + std::to_string(::getpid()) + "_" + test->test_suite_name() +
+         "_" + test->name());
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::vector<std::filesystem::path> paths;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(path_))
+      paths.push_back(e.path());
+    std::sort(paths.rbegin(), paths.rend());
+    for (const auto& p : paths)
+      std::filesystem::remove(p);
+    std::filesystem::remove(path_);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const {
+    return path_;
+  }
+  std::string operator/(const std::string& name) const {
+    return (path_ / name).string();
+  }
+
+ private:
+  std::filesystem::path path_;
+};
 
 } // namespace qat::testing

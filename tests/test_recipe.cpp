@@ -19,9 +19,6 @@ namespace fs = std::filesystem;
 class RecipeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-        ("qat_recipe_" + std::to_string(::getpid()) + "_" +
-         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_ / "model");
     fs::create_directories(dir_ / "trainer");
     write("model/cnn.yaml", "name: cnn\nwidths: [16, 32]\n");
@@ -39,17 +36,6 @@ class RecipeTest : public ::testing::Test {
         "  warmup: ${trainer.steps}\n"
         "run_dir: ${env:QAT_TEST_RUNS,runs}/${model.name}\n");
   }
-  // File by file, deepest first (libtorch's process crashes in
-  // std::filesystem::remove_all).
-  void TearDown() override {
-    std::vector<fs::path> paths;
-    for (const auto& e : fs::recursive_directory_iterator(dir_))
-      paths.push_back(e.path());
-    std::sort(paths.rbegin(), paths.rend());
-    for (const auto& p : paths)
-      fs::remove(p);
-    fs::remove(dir_);
-  }
   void write(const std::string& name, const std::string& text) {
     std::ofstream(dir_ / name) << text;
   }
@@ -62,7 +48,8 @@ class RecipeTest : public ::testing::Test {
     return testing::error_message<RecipeError>(
         [&] { Recipe::load(path(recipe), overrides); });
   }
-  fs::path dir_;
+  testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
 };
 
 TEST_F(RecipeTest, DefaultsComposeAndTheRecipeHasTheLastWord) {

@@ -155,11 +155,19 @@ class Composer {
             at(file, item.Mark()) +
             ": a defaults entry is `group: option` or _self_");
       }
-      const std::string group = item.begin()->first.as<std::string>();
+      // `group: option` lands at the group's own key ("a/b" at a.b);
+      // `group@package: option` at `package`, so one group can fill several
+      // keys (`quant@quant.int8: int8`, `quant@quant.w4a4: w4a4`).
+      const std::string entry = item.begin()->first.as<std::string>();
+      const auto at_sign = entry.find('@');
+      const std::string group = entry.substr(0, at_sign);
+      std::string package =
+          at_sign == std::string::npos ? group : entry.substr(at_sign + 1);
+      std::replace(package.begin(), package.end(), '/', '.');
       std::string option = item.begin()->second.Scalar();
-      if (prefix.empty() && choices_.count(group)) {
-        option = choices_.at(group);
-        used_choices_.insert(group);
+      if (prefix.empty() && choices_.count(entry)) {
+        option = choices_.at(entry);
+        used_choices_.insert(entry);
       }
       const fs::path group_file = root_ / group / (option + ".yaml");
       if (!fs::is_regular_file(group_file)) {
@@ -168,8 +176,6 @@ class Composer {
             "' in config group '" + group + "' (no " + group_file.string() +
             "); options: " + options(group));
       }
-      std::string package = group;
-      std::replace(package.begin(), package.end(), '/', '.');
       YAML::Node wrapped(YAML::NodeType::Map);
       YAML::Node inner = compose(group_file.string(), join(prefix, package));
       // Nest "a/b" groups as a: {b: ...}.
@@ -177,7 +183,7 @@ class Composer {
       YAML::Node cursor = wrapped;
       for (size_t i = 0; i + 1 < parts.size(); ++i) {
         cursor[parts[i]] = YAML::Node(YAML::NodeType::Map);
-        cursor = cursor[parts[i]];
+        cursor.reset(cursor[parts[i]]); // rebind; `=` would rewrite `wrapped`
       }
       cursor[parts.back()] = inner;
       merge(result, wrapped, prefix, "");
@@ -244,6 +250,9 @@ class Composer {
     if (n.IsMap()) {
       for (const auto& kv : n)
         record(kv.second, join(path, kv.first.as<std::string>()), file);
+    } else if (n.IsSequence()) {
+      for (size_t i = 0; i < n.size(); ++i)
+        record(n[i], join(path, std::to_string(i)), file);
     }
   }
 
@@ -308,8 +317,11 @@ Recipe Recipe::load(
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
     const std::string key = o.substr(0, eq);
+    const std::string group = key.substr(0, key.find('@'));
+    const bool packaged = group.size() < key.size();
     if (eq != std::string::npos && !o.empty() && o[0] != '+' && o[0] != '~' &&
-        key.find('.') == std::string::npos && fs::is_directory(root / key)) {
+        (packaged || key.find('.') == std::string::npos) &&
+        fs::is_directory(root / group)) {
       choices[key] = o.substr(eq + 1);
     } else {
       key_overrides.push_back(o);
@@ -330,10 +342,17 @@ YAML::Node Recipe::node(const std::string& key) const {
   YAML::Node current;
   current.reset(root_);
   for (const auto& part : split_key(key)) {
-    if (!current.IsMap())
-      return YAML::Node(YAML::NodeType::Undefined);
     const YAML::Node& as_const = current;
-    const YAML::Node next = as_const[part];
+    // List items by index: "quant.w4a4.rules.0.match".
+    const bool is_index = !part.empty() &&
+        part.find_first_not_of("0123456789") == std::string::npos;
+    if (current.IsSequence() &&
+        !(is_index && std::stoull(part) < current.size()))
+      return YAML::Node(YAML::NodeType::Undefined);
+    if (!current.IsSequence() && !current.IsMap())
+      return YAML::Node(YAML::NodeType::Undefined);
+    const YAML::Node next =
+        current.IsSequence() ? as_const[std::stoull(part)] : as_const[part];
     if (!next)
       return YAML::Node(YAML::NodeType::Undefined);
     current.reset(next);
@@ -343,6 +362,25 @@ YAML::Node Recipe::node(const std::string& key) const {
 
 bool Recipe::has(const std::string& key) const {
   return node(key).IsDefined();
+}
+
+bool Recipe::is_scalar(const std::string& key) const {
+  return node(key).IsScalar();
+}
+
+std::vector<std::string> Recipe::keys(const std::string& key) const {
+  const YAML::Node n = node(key);
+  std::vector<std::string> out;
+  if (n.IsMap()) {
+    for (const auto& kv : n)
+      out.push_back(kv.first.as<std::string>());
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i)
+      out.push_back(std::to_string(i));
+  } else {
+    fail_at(key, n ? "expected a map or a list, got " + kind(n) : "missing");
+  }
+  return out;
 }
 
 std::string Recipe::origin(const std::string& key) const {

@@ -55,6 +55,10 @@ class Recipe {
   void check(const YAML::Node& schema) const;
 
   bool has(const std::string& key) const;
+  // The keys of the map at `key`, or "0".."n-1" for a list (items are
+  // addressed by index: "quant.w4a4.rules.0.match").
+  std::vector<std::string> keys(const std::string& key) const;
+  bool is_scalar(const std::string& key) const;
   // The value at the dotted `key`, converted to T; throws RecipeError naming
   // the key, where it was set and the expected type.
   template <typename T>
@@ -71,6 +75,9 @@ class Recipe {
   // The composed recipe as YAML text (what --print-config shows and each run
   // saves).
   std::string dump() const;
+  // Throws RecipeError "<where key was set>: <key>: <why>".
+  [[noreturn]] void fail_at(const std::string& key, const std::string& why)
+      const;
 
  private:
   void apply_override(const std::string& text);
@@ -80,8 +87,6 @@ class Recipe {
       const std::string& text,
       std::vector<std::string>& visiting);
   YAML::Node node(const std::string& key) const;
-  [[noreturn]] void fail_at(const std::string& key, const std::string& why)
-      const;
   YAML::Node root_;
   std::map<std::string, std::string> origins_;
 };

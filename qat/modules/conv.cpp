@@ -90,12 +90,15 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
         quantizers.output, conv(x, served_weight(weight), b));
   }
   torch::Tensor y;
-  const bool fold = !batch_norm.is_empty() && !quantizers.weight.is_empty() &&
-      quantizers.weight->fake_quant_enabled();
-  if (!fold) {
+  const bool folds = !batch_norm.is_empty() && !quantizers.weight.is_empty();
+  if (!folds || !quantizers.weight->fake_quant_enabled()) {
     // No weight quantization active: exactly torch::nn::Conv2d (bias inside
-    // the convolution) followed by BatchNorm2d, the same bits.
-    y = conv(x, served_weight(weight), bias);
+    // the convolution) followed by BatchNorm2d, the same bits. The weight
+    // observer still sees the folded weight, the one that will be quantized
+    // once fake-quant is on (calibration runs with it off).
+    if (folds)
+      served_weight(weight * bn_scale().view({-1, 1, 1, 1}));
+    y = conv(x, folds ? weight : served_weight(weight), bias);
   } else {
     // Quantize the folded weight that will be served, then undo the scale so
     // that BN normalises as usual.

@@ -38,11 +38,15 @@ MlpImpl::MlpImpl(MlpOptions options) {
           torch::nn::LinearOptions(in, options.classes()), LayerQuantSpecs{}));
 }
 
-torch::Tensor MlpImpl::forward(const torch::Tensor& images) {
+torch::Tensor MlpImpl::features(const torch::Tensor& images) {
   torch::Tensor x = images.flatten(1);
   for (size_t i = 0; i < fcs_.size(); ++i)
     x = acts_[i](fcs_[i](x));
-  return head_(x);
+  return x;
+}
+
+torch::Tensor MlpImpl::classify(const torch::Tensor& features) {
+  return head_(features);
 }
 
 ResidualBlockImpl::ResidualBlockImpl(int64_t in, int64_t out, int64_t stride) {
@@ -81,13 +85,17 @@ ResNetImpl::ResNetImpl(ResNetOptions options) {
           torch::nn::LinearOptions(in, options.classes()), LayerQuantSpecs{}));
 }
 
-torch::Tensor ResNetImpl::forward(const torch::Tensor& images) {
+torch::Tensor ResNetImpl::features(const torch::Tensor& images) {
   torch::Tensor x = stem_act_(stem_(images));
   for (const auto& stage : *stages_) {
     for (const auto& block : *stage->as<torch::nn::ModuleList>())
       x = block->as<ResidualBlock>()->forward(x);
   }
-  return head_(x.mean({2, 3}));
+  return x.mean({2, 3});
+}
+
+torch::Tensor ResNetImpl::classify(const torch::Tensor& features) {
+  return head_(features);
 }
 
 } // namespace qat::models

@@ -22,16 +22,28 @@
 
 namespace qat::models {
 
+// What the trainer needs of a classifier: the features the head reads (the
+// hidden state that distillation can match) and the head.
+class ImageClassifier : public torch::nn::Module {
+ public:
+  virtual torch::Tensor features(const torch::Tensor& images) = 0;
+  virtual torch::Tensor classify(const torch::Tensor& features) = 0;
+  torch::Tensor forward(const torch::Tensor& images) {
+    return classify(features(images));
+  }
+};
+
 struct MlpOptions {
   TORCH_ARG(int64_t, in_features) = 28 * 28;
   TORCH_ARG(std::vector<int64_t>, hidden) = std::vector<int64_t>{256, 128};
   TORCH_ARG(int64_t, classes) = 10;
 };
 
-class MlpImpl : public torch::nn::Module {
+class MlpImpl : public ImageClassifier {
  public:
   explicit MlpImpl(MlpOptions options = {});
-  torch::Tensor forward(const torch::Tensor& images);
+  torch::Tensor features(const torch::Tensor& images) override;
+  torch::Tensor classify(const torch::Tensor& features) override;
 
  private:
   std::vector<QuantLinear> fcs_;
@@ -59,10 +71,11 @@ class ResidualBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ResidualBlock);
 
-class ResNetImpl : public torch::nn::Module {
+class ResNetImpl : public ImageClassifier {
  public:
   explicit ResNetImpl(ResNetOptions options = {});
-  torch::Tensor forward(const torch::Tensor& images);
+  torch::Tensor features(const torch::Tensor& images) override;
+  torch::Tensor classify(const torch::Tensor& features) override;
 
  private:
   QuantConv2d stem_{nullptr};

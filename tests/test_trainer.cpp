@@ -1,0 +1,368 @@
+// The trainer's promises: quantization schemes from YAML with errors at their
+// place, checkpoints that round-trip and detect corruption, resuming that
+// ends with the weights of an uninterrupted run, a fallback past a corrupt
+// checkpoint, and a NaN loss that stops the run with its last checkpoint
+// intact. Jobs run the shipped digits recipe (an MLP, about a second).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "qat/fake_quant.h"
+#include "tests/test_helpers.h"
+#include "trainers/checkpoint.h"
+#include "trainers/models/classifiers.h"
+#include "trainers/quant_config.h"
+#include "trainers/trainer.h"
+
+namespace qat::train {
+namespace {
+namespace fs = std::filesystem;
+using recipe::Recipe;
+using recipe::RecipeError;
+
+const std::string kRecipes = std::string(QAT_SOURCE_DIR) + "/recipes";
+
+// ---------------------------------------------------------------------------
+// Quantization schemes
+
+class QuantSchemeTest : public ::testing::Test {
+ protected:
+  std::string write(const std::string& scheme) {
+    const auto path = temp_ / "recipe.yaml";
+    std::ofstream(path) << "quant:\n  s:\n" << scheme;
+    return path;
+  }
+  std::string error_of(const std::string& scheme) {
+    return testing::error_message<RecipeError>(
+        [&] { recipe::quant_config(Recipe::load(write(scheme)), "quant.s"); });
+  }
+  testing::TempDir temp_;
+};
+
+TEST_F(QuantSchemeTest, RulesBecomeTheSpecsTheyDescribe) {
+  const auto config = recipe::quant_config(
+      Recipe::load(write(
+          "    rules:\n"
+          "      - match: head\n"
+          "        preset: w8a8_int8\n"
+          "        input: none\n"
+          "      - match: \"*\"\n"
+          "        type: Conv2d|Linear\n"
+          "        weight: {bits: 4, granularity: per_group, axis: -1,"
+          " group_size: 32, estimator: lsq}\n"
+          "        input: {format: fp8_e4m3, observer: percentile, percentile: 99.9}\n"
+          "      - match: \"re:act.*\"\n"
+          "        skip: true\n")),
+      "quant.s");
+  ASSERT_EQ(config.rules.size(), 3u);
+  const auto head = preset("w8a8_int8");
+  EXPECT_EQ(config.rules[0].specs->weight->spec(), head.weight->spec());
+  EXPECT_FALSE(config.rules[0].specs->input.has_value());
+  const auto& w = *config.rules[1].specs->weight;
+  EXPECT_EQ(
+      w.spec(),
+      QuantSpec()
+          .bits(4)
+          .granularity(Granularity::per_group)
+          .axis(-1)
+          .group_size(32));
+  EXPECT_EQ(w.estimator(), Estimator::lsq);
+  EXPECT_EQ(config.rules[1].layer_type, "Conv2d|Linear");
+  const auto& in = *config.rules[1].specs->input;
+  EXPECT_EQ(in.spec().format(), NumberFormat::fp8_e4m3);
+  EXPECT_EQ(in.observer().kind(), ObserverKind::percentile);
+  EXPECT_DOUBLE_EQ(in.observer().percentile(), 99.9);
+  EXPECT_FALSE(config.rules[2].specs.has_value());
+  EXPECT_EQ(config.rules[2].pattern, "re:act.*");
+}
+
+TEST_F(QuantSchemeTest, ErrorsNameFileLineAndKey) {
+  const auto file = (temp_ / "recipe.yaml");
+  EXPECT_EQ(
+      error_of("    rules:\n      - match: fc\n        weight: {bitz: 4}\n"),
+      file +
+          ":5:24: quant.s.rules.0.weight.bitz: unknown key (did you mean "
+          "'quant.s.rules.0.weight.bits'?)");
+  EXPECT_EQ(
+      error_of(
+          "    rules:\n      - match: fc\n        weight: {granularity: per_chanel}\n"),
+      file +
+          ":5:31: quant.s.rules.0.weight.granularity: unknown value 'per_chanel' (did "
+          "you mean 'per_channel'?); expected one of per_tensor, per_channel, "
+          "per_group, per_token");
+  EXPECT_EQ(
+      error_of("    rules:\n      - match: fc\n        weight: {bits: four}\n"),
+      file + ":5:24: quant.s.rules.0.weight.bits: expected an int, got string");
+  EXPECT_EQ(
+      error_of("    rules:\n      - match: fc\n        preset: w8a8_int9\n"),
+      file +
+          ":5:17: quant.s.rules.0.preset: unknown preset 'w8a8_int9' (did you mean "
+          "'w8a8_int8'?)");
+  EXPECT_TRUE(testing::throws_with<RecipeError>(
+      [&] {
+        recipe::quant_config(
+            Recipe::load(write(
+                "    rules:\n      - match: fc\n        weight: {bits: 12}\n")),
+            "quant.s");
+      },
+      file + ":5:17: quant.s.rules.0.weight: "));
+  EXPECT_EQ(
+      error_of("    rules: []\n"),
+      file + ":3:12: quant.s.rules: a scheme needs at least one rule");
+  EXPECT_EQ(
+      testing::error_message<RecipeError>([&] {
+        recipe::quant_config(Recipe::load(write("    rules: []\n")), "quant.t");
+      }),
+      file +
+          ":2:3: quant.t: no such quantization scheme (did you mean 'quant.s'?)");
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints
+
+TEST(CheckpointTest, RoundTripsModelOptimizerAndGenerator) {
+  testing::TempDir temp;
+  torch::manual_seed(3);
+  models::Mlp model(
+      models::MlpOptions().in_features(12).hidden({8}).classes(3));
+  torch::optim::SGD optimizer(
+      model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  const auto step = [&] {
+    optimizer.zero_grad();
+    model(torch::randn({5, 12})).square().sum().backward();
+    optimizer.step();
+  };
+  step();
+  step();
+  Checkpoints checkpoints(temp / "ck", 2);
+  const auto path = checkpoints.save(*model, &optimizer, 2, "a: 1");
+  const auto expected_next = torch::randn({4});
+
+  // A fresh model and optimizer, restored, continue exactly as the original.
+  models::Mlp copy(models::MlpOptions().in_features(12).hidden({8}).classes(3));
+  torch::optim::SGD copy_optimizer(
+      copy->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  const auto found =
+      checkpoints.latest([](const std::string& w) { FAIL() << w; });
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->path, path);
+  EXPECT_EQ(found->step, 2);
+  EXPECT_EQ(found->config, "a: 1");
+  found->restore(*copy, &copy_optimizer);
+  EXPECT_TRUE(testing::bitwise_equal(torch::randn({4}), expected_next));
+  for (const auto& p : copy->named_parameters())
+    EXPECT_TRUE(
+        testing::bitwise_equal(p.value(), model->named_parameters()[p.key()]));
+  // Momentum buffers came back: one more identical step keeps them equal.
+  torch::manual_seed(9);
+  const auto x = torch::randn({5, 12});
+  for (auto* pair : {&optimizer, &copy_optimizer}) {
+    pair->zero_grad();
+  }
+  model(x).square().sum().backward();
+  optimizer.step();
+  copy(x).square().sum().backward();
+  copy_optimizer.step();
+  for (const auto& p : copy->named_parameters())
+    EXPECT_TRUE(
+        testing::bitwise_equal(p.value(), model->named_parameters()[p.key()]));
+}
+
+TEST(CheckpointTest, KeepsTheNewestAndSkipsCorruptOnesWithAWarning) {
+  testing::TempDir temp;
+  models::Mlp model(models::MlpOptions().in_features(4).hidden({4}).classes(2));
+  Checkpoints checkpoints(temp / "ck", 2);
+  for (int64_t step : {10, 20, 30})
+    checkpoints.save(*model, nullptr, step, "");
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(temp.path() / "ck"))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(
+      names,
+      (std::vector<std::string>{
+          "step-000000020.safetensors", "step-000000030.safetensors"}));
+
+  // One flipped byte in the data section: the checksum catches it.
+  const auto newest = temp / "ck/step-000000030.safetensors";
+  {
+    std::fstream f(newest, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-3, std::ios::end);
+    const char c = static_cast<char>(f.get());
+    f.seekp(-3, std::ios::end);
+    f.put(static_cast<char>(c ^ 0x10));
+  }
+  EXPECT_TRUE(testing::throws_with<CheckpointError>(
+      [&] { read_checkpoint(newest); },
+      "checkpoint " + newest + ": checksum mismatch"));
+  std::vector<std::string> warnings;
+  auto found =
+      checkpoints.latest([&](const std::string& w) { warnings.push_back(w); });
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->step, 20);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("checksum mismatch"), std::string::npos)
+      << warnings[0];
+
+  // A truncated file and a file that is not a checkpoint.
+  fs::resize_file(temp / "ck/step-000000020.safetensors", 100);
+  std::ofstream(temp / "ck/step-000000040.safetensors") << "not a checkpoint";
+  warnings.clear();
+  EXPECT_FALSE(
+      checkpoints.latest([&](const std::string& w) { warnings.push_back(w); }));
+  EXPECT_EQ(warnings.size(), 3u);
+  EXPECT_TRUE(testing::throws_with<CheckpointError>(
+      [&] { read_checkpoint(temp / "ck/step-000000020.safetensors"); },
+      "checkpoint " + (temp / "ck/step-000000020.safetensors") + ": "));
+}
+
+TEST(CheckpointTest, AMismatchedModelIsRefusedBeforeAnythingChanges) {
+  models::Mlp a(models::MlpOptions().in_features(4).hidden({4}).classes(2));
+  models::Mlp b(models::MlpOptions().in_features(4).hidden({5}).classes(2));
+  const auto before = b->named_parameters()["head.weight"].clone();
+  EXPECT_EQ(
+      testing::error_message<CheckpointError>(
+          [&] { load_module_state(*b, module_state(*a), "a.safetensors"); }),
+      "a.safetensors: does not match the model:\n"
+      "  shape of fc0.bias: model [5], file [4]\n"
+      "  shape of fc0.weight: model [5, 4], file [4, 4]\n"
+      "  shape of head.weight: model [2, 5], file [2, 4]");
+  EXPECT_TRUE(
+      testing::bitwise_equal(b->named_parameters()["head.weight"], before));
+}
+
+// ---------------------------------------------------------------------------
+// Jobs: resume, corrupt fallback, NaN stop
+
+class JobTest : public ::testing::Test {
+ protected:
+  Recipe digits(
+      const std::string& run,
+      std::vector<std::string> overrides = {}) {
+    overrides.push_back("run.dir=" + (temp_ / run));
+    overrides.push_back("trainer.qat.schemes=[w4a4]");
+    return Recipe::load(kRecipes + "/digits.yaml", overrides);
+  }
+  static std::vector<ModelResult> run(
+      const Recipe& r,
+      JobOptions options = {},
+      const std::vector<std::string>& stages = {"float", "qat"}) {
+    Job job(r, std::move(options));
+    return job.run(stages);
+  }
+  Checkpoint final_of(const std::string& run, const std::string& stage) {
+    return read_checkpoint(
+        temp_ / (run + "/checkpoints/" + stage + "/final.safetensors"));
+  }
+  static ::testing::AssertionResult same_weights(
+      const Checkpoint& a,
+      const Checkpoint& b) {
+    if (a.model.size() != b.model.size())
+      return ::testing::AssertionFailure() << "different tensor counts";
+    for (size_t i = 0; i < a.model.size(); ++i) {
+      if (a.model[i].first != b.model[i].first)
+        return ::testing::AssertionFailure()
+            << a.model[i].first << " vs " << b.model[i].first;
+      auto equal = testing::bitwise_equal(a.model[i].second, b.model[i].second);
+      if (!equal)
+        return equal << " (" << a.model[i].first << ")";
+    }
+    return ::testing::AssertionSuccess();
+  }
+  testing::TempDir temp_;
+};
+
+TEST_F(JobTest, AResumedRunEndsWithTheWeightsOfAnUninterruptedOne) {
+  const auto whole = run(digits("whole"));
+  ASSERT_EQ(whole.size(), 2u);
+  EXPECT_GT(whole[0].test.at("accuracy"), 85.0);
+
+  // Interrupted during float training, then during QAT (LSQ scales,
+  // observers, BN-free MLP), resumed each time.
+  JobOptions halt_float;
+  halt_float.halt_stage = "float";
+  halt_float.halt_step = 70;
+  EXPECT_TRUE(run(digits("resumed"), halt_float).empty());
+  JobOptions halt_qat;
+  halt_qat.resume = true;
+  halt_qat.halt_stage = "qat.w4a4";
+  halt_qat.halt_step = 30;
+  run(digits("resumed"), halt_qat);
+  JobOptions resume;
+  resume.resume = true;
+  const auto resumed = run(digits("resumed"), resume);
+
+  EXPECT_TRUE(
+      same_weights(final_of("whole", "float"), final_of("resumed", "float")));
+  EXPECT_TRUE(same_weights(
+      final_of("whole", "qat.w4a4"), final_of("resumed", "qat.w4a4")));
+  ASSERT_EQ(resumed.size(), 2u);
+  EXPECT_EQ(resumed[1].test.at("accuracy"), whole[1].test.at("accuracy"));
+
+  // Without --resume, an existing run is never overwritten.
+  EXPECT_TRUE(testing::throws_with<TrainingError>(
+      [&] { run(digits("whole")); },
+      "run directory " + (temp_ / "whole") +
+          " already holds checkpoints: pass --resume"));
+}
+
+TEST_F(JobTest, ACorruptCheckpointFallsBackToThePreviousOneWithAWarning) {
+  run(digits("whole"), {}, {"float"});
+  JobOptions halt;
+  halt.halt_stage = "float";
+  halt.halt_step = 100; // checkpoints at 50 and 100
+  run(digits("broken"), halt, {"float"});
+  const auto newest =
+      temp_ / "broken/checkpoints/float/step-000000100.safetensors";
+  fs::resize_file(newest, fs::file_size(newest) - 1);
+
+  std::vector<std::string> warnings;
+  JobOptions resume;
+  resume.resume = true;
+  resume.warn = [&](const std::string& w) { warnings.push_back(w); };
+  run(digits("broken"), resume, {"float"});
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find(newest + ": "), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("trying the one before"), std::string::npos)
+      << warnings[0];
+  // Replayed from step 50: still the uninterrupted run's weights.
+  EXPECT_TRUE(
+      same_weights(final_of("whole", "float"), final_of("broken", "float")));
+}
+
+TEST_F(JobTest, ANanLossStopsTheRunAndKeepsTheLastGoodCheckpoint) {
+  // A checkpoint every step; the learning rate blows the loss up at once.
+  const auto recipe = digits(
+      "nan",
+      {"trainer.checkpoint.every=1",
+       "trainer.float.optimizer.lr=1.0e6",
+       "trainer.float.clip_grad_norm=0.0"});
+  const std::string message =
+      testing::error_message<TrainingError>([&] { run(recipe); });
+  EXPECT_EQ(message.find("float: step "), 0u) << message;
+  EXPECT_TRUE(
+      message.find("the loss is nan") != std::string::npos ||
+      message.find("the loss is inf") != std::string::npos ||
+      message.find("the gradient norm is not finite") != std::string::npos)
+      << message;
+  // The checkpoint it names is the newest on disk, and it verifies.
+  // What is on disk verifies and holds finite weights.
+  const auto last =
+      Checkpoints(temp_ / "nan/checkpoints/float", 3)
+          .latest([](const std::string& w) { ADD_FAILURE() << w; });
+  ASSERT_TRUE(last.has_value());
+  EXPECT_FALSE(last->final);
+  EXPECT_NE(
+      message.find("(last good checkpoint: " + last->path + ")"),
+      std::string::npos)
+      << message;
+  for (const auto& [name, t] : last->model)
+    EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+}
+
+} // namespace
+} // namespace qat::train

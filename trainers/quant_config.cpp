@@ -1,0 +1,225 @@
+#include "trainers/quant_config.h"
+
+#include <torch/torch.h>
+
+#include <array>
+#include <utility>
+
+namespace qat::recipe {
+namespace {
+
+template <typename Enum, size_t N>
+Enum parse_name(
+    const Recipe& recipe,
+    const std::string& key,
+    const std::array<std::pair<const char*, Enum>, N>& names) {
+  const auto text = recipe.get<std::string>(key);
+  std::vector<std::string> known;
+  for (const auto& [name, value] : names) {
+    if (text == name)
+      return value;
+    known.emplace_back(name);
+  }
+  const std::string best = closest(text, known);
+  std::string list;
+  for (const auto& k : known)
+    list += (list.empty() ? "" : ", ") + k;
+  recipe.fail_at(
+      key,
+      "unknown value '" + text + "'" +
+          (best.empty() ? "" : " (did you mean '" + best + "'?)") +
+          "; expected one of " + list);
+}
+
+void check_keys(
+    const Recipe& recipe,
+    const std::string& key,
+    const std::vector<std::string>& allowed) {
+  for (const auto& k : recipe.keys(key)) {
+    if (std::find(allowed.begin(), allowed.end(), k) != allowed.end())
+      continue;
+    const std::string best = closest(k, allowed);
+    recipe.fail_at(
+        key + "." + k,
+        "unknown key" +
+            (best.empty() ? ""
+                          : " (did you mean '" + key + "." + best + "'?)"));
+  }
+}
+
+// The quantizer at `key`, starting from `base` (a preset's, or the default).
+FakeQuantizerOptions quantizer(
+    const Recipe& recipe,
+    const std::string& key,
+    FakeQuantizerOptions options) {
+  check_keys(
+      recipe,
+      key,
+      {"format",
+       "gguf",
+       "bits",
+       "signed",
+       "symmetric",
+       "narrow_range",
+       "granularity",
+       "axis",
+       "group_size",
+       "dynamic",
+       "observer",
+       "averaging_constant",
+       "percentile",
+       "mse_steps",
+       "estimator",
+       "pact_alpha"});
+  const auto has = [&](const char* k) { return recipe.has(key + "." + k); };
+  const auto at = [&](const char* k) { return key + "." + k; };
+  QuantSpec spec = options.spec();
+  if (has("gguf")) {
+    spec = QuantSpec::gguf_block(parse_name<GgufRule, 2>(
+        recipe,
+        at("gguf"),
+        {{{"q8_0", GgufRule::q8_0}, {"q4_0", GgufRule::q4_0}}}));
+  }
+  if (has("format")) {
+    spec.format(parse_name<NumberFormat, 3>(
+        recipe,
+        at("format"),
+        {{{"int", NumberFormat::int_},
+          {"fp8_e4m3", NumberFormat::fp8_e4m3},
+          {"fp8_e5m2", NumberFormat::fp8_e5m2}}}));
+    if (spec.is_fp8())
+      spec.bits(8);
+  }
+  if (has("bits"))
+    spec.bits(recipe.get<int>(at("bits")));
+  if (has("signed"))
+    spec.is_signed(recipe.get<bool>(at("signed")));
+  if (has("symmetric"))
+    spec.symmetric(recipe.get<bool>(at("symmetric")));
+  if (has("narrow_range"))
+    spec.narrow_range(recipe.get<bool>(at("narrow_range")));
+  if (has("granularity")) {
+    spec.granularity(parse_name<Granularity, 4>(
+        recipe,
+        at("granularity"),
+        {{{"per_tensor", Granularity::per_tensor},
+          {"per_channel", Granularity::per_channel},
+          {"per_group", Granularity::per_group},
+          {"per_token", Granularity::per_token}}}));
+  }
+  if (has("axis"))
+    spec.axis(recipe.get<int64_t>(at("axis")));
+  if (has("group_size"))
+    spec.group_size(recipe.get<int64_t>(at("group_size")));
+  if (has("dynamic"))
+    spec.dynamic(recipe.get<bool>(at("dynamic")));
+  try {
+    spec.validate();
+  } catch (const std::exception& e) {
+    recipe.fail_at(key, e.what());
+  }
+  options.spec(spec);
+
+  ObserverOptions observer = options.observer();
+  if (has("observer")) {
+    observer.kind(parse_name<ObserverKind, 4>(
+        recipe,
+        at("observer"),
+        {{{"min_max", ObserverKind::min_max},
+          {"moving_average", ObserverKind::moving_average},
+          {"percentile", ObserverKind::percentile},
+          {"mse", ObserverKind::mse}}}));
+  }
+  if (has("averaging_constant"))
+    observer.averaging_constant(recipe.get<double>(at("averaging_constant")));
+  if (has("percentile"))
+    observer.percentile(recipe.get<double>(at("percentile")));
+  if (has("mse_steps"))
+    observer.mse_steps(recipe.get<int64_t>(at("mse_steps")));
+  options.observer(observer);
+  if (has("estimator")) {
+    options.estimator(parse_name<Estimator, 4>(
+        recipe,
+        at("estimator"),
+        {{{"ste", Estimator::ste},
+          {"lsq", Estimator::lsq},
+          {"lsq_plus", Estimator::lsq_plus},
+          {"pact", Estimator::pact}}}));
+  }
+  if (has("pact_alpha"))
+    options.pact_alpha(recipe.get<double>(at("pact_alpha")));
+  return options;
+}
+
+// weight / input / output of a rule: absent keeps the preset's, `none`
+// removes it, a map refines the preset's (or builds one from the defaults).
+void quantizer_slot(
+    const Recipe& recipe,
+    const std::string& key,
+    std::optional<FakeQuantizerOptions>& slot) {
+  if (!recipe.has(key))
+    return;
+  if (recipe.is_scalar(key)) {
+    if (recipe.get<std::string>(key) != "none")
+      recipe.fail_at(key, "expected a quantizer (a map) or none");
+    slot.reset();
+    return;
+  }
+  slot =
+      quantizer(recipe, key, slot.value_or(FakeQuantizerOptions(QuantSpec())));
+}
+
+} // namespace
+
+QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
+  if (!recipe.has(key)) {
+    std::vector<std::string> known;
+    const std::string parent = key.substr(0, key.rfind('.'));
+    if (parent != key && recipe.has(parent))
+      known = recipe.keys(parent);
+    const std::string best = closest(key.substr(key.rfind('.') + 1), known);
+    recipe.fail_at(
+        key,
+        "no such quantization scheme" +
+            (best.empty() ? std::string()
+                          : " (did you mean '" + parent + "." + best + "'?)"));
+  }
+  check_keys(recipe, key, {"rules", "description"});
+  QuantConfig config;
+  const std::string rules = key + ".rules";
+  for (const auto& index : recipe.keys(rules)) {
+    const std::string rule = rules + "." + index;
+    check_keys(
+        recipe,
+        rule,
+        {"match", "type", "preset", "skip", "weight", "input", "output"});
+    const auto pattern = recipe.get<std::string>(rule + ".match");
+    const auto type = recipe.get<std::string>(rule + ".type", "");
+    if (recipe.get<bool>(rule + ".skip", false)) {
+      config.rules.push_back(QuantRule::skip(pattern, type));
+      continue;
+    }
+    LayerQuantSpecs specs;
+    if (recipe.has(rule + ".preset")) {
+      const auto name = recipe.get<std::string>(rule + ".preset");
+      try {
+        specs = preset(name);
+      } catch (const std::exception& e) {
+        const std::string best = closest(name, preset_names());
+        recipe.fail_at(
+            rule + ".preset",
+            "unknown preset '" + name + "'" +
+                (best.empty() ? "" : " (did you mean '" + best + "'?)"));
+      }
+    }
+    quantizer_slot(recipe, rule + ".weight", specs.weight);
+    quantizer_slot(recipe, rule + ".input", specs.input);
+    quantizer_slot(recipe, rule + ".output", specs.output);
+    config.rules.push_back(QuantRule::quantize(pattern, specs, type));
+  }
+  if (config.rules.empty())
+    recipe.fail_at(rules, "a scheme needs at least one rule");
+  return config;
+}
+
+} // namespace qat::recipe

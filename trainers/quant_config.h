@@ -1,0 +1,34 @@
+// Quantization schemes as recipes write them, turned into qat::QuantConfig:
+//
+//   quant:
+//     w4a4:                          # a scheme, named by its key
+//       rules:                       # in order; the first match decides
+//         - match: head              # glob over layer names, or re:<regex>
+//           preset: w8a8_int8_static # a qat::preset, optionally refined below
+//         - match: "*"
+//           type: Conv2d             # optional: Linear, Conv2d, Embedding, ...
+//           weight: {bits: 4, granularity: per_channel, estimator: lsq}
+//           input: {bits: 4, symmetric: false, observer: moving_average}
+//         - match: "stem"
+//           skip: true               # stays in high precision
+//
+// A quantizer takes: format (int, fp8_e4m3, fp8_e5m2), gguf (q8_0, q4_0),
+// bits, signed, symmetric, narrow_range, granularity (per_tensor,
+// per_channel, per_group, per_token), axis, group_size, dynamic, observer
+// (min_max, moving_average, percentile, mse), averaging_constant, percentile,
+// mse_steps, estimator (ste, lsq, lsq_plus, pact), pact_alpha; `none`
+// removes a preset's quantizer. Every error names the file, line and key.
+#pragma once
+
+#include <string>
+
+#include "qat/prepare.h"
+#include "trainers/recipe.h"
+
+namespace qat::recipe {
+
+// The scheme at `key` (e.g. "quant.w4a4"), validated: unknown keys, names and
+// specs that QuantSpec::validate refuses are errors at their place.
+QuantConfig quant_config(const Recipe& recipe, const std::string& key);
+
+} // namespace qat::recipe

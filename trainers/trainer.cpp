@@ -1,0 +1,915 @@
+#include "trainers/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "qat/convert.h"
+#include "qat/fake_quant.h"
+#include "qat/modules/conv.h"
+#include "qat/prepare.h"
+#include "trainers/checkpoint.h"
+#include "trainers/data/datasets.h"
+#include "trainers/models/classifiers.h"
+#include "trainers/quant_config.h"
+#include "trainers/report.h"
+
+namespace qat::train {
+namespace fs = std::filesystem;
+using recipe::Recipe;
+using Classifier = std::shared_ptr<models::ImageClassifier>;
+using Metrics = std::map<std::string, double>;
+
+namespace {
+
+// Thrown when JobOptions::halt_after_step is reached.
+struct Halted {
+  int64_t step;
+};
+
+// One training stage's settings (trainer.float or trainer.qat).
+struct LoopConfig {
+  int64_t steps = 0, accumulate = 1, warmup = 0;
+  std::string optimizer = "sgd";
+  double lr = 0.1, momentum = 0.9, weight_decay = 0, min_lr_ratio = 0;
+  bool nesterov = false;
+  double beta1 = 0.9, beta2 = 0.999, clip = 0, quantizer_lr = 0;
+  // QAT schedule: fake-quant from step fake_quant_after on, observers frozen
+  // at freeze_observers_at, BN statistics at freeze_bn_at (-1: never).
+  int64_t fake_quant_after = 0, freeze_observers_at = -1, freeze_bn_at = -1;
+  // Distillation from the float model: ce * CE + kl * T^2 * KL(T) + mse *
+  // MSE(features).
+  double ce = 1, kl = 0, temperature = 1, mse = 0;
+  int64_t eval_every = 0;
+  bool autocast_bf16 = false;
+
+  static LoopConfig read(const Recipe& r, const std::string& p) {
+    LoopConfig c;
+    c.steps = r.get<int64_t>(p + ".steps");
+    c.accumulate = r.get<int64_t>(p + ".accumulate", 1);
+    c.warmup = r.get<int64_t>(p + ".schedule.warmup", 0);
+    c.min_lr_ratio = r.get<double>(p + ".schedule.min_lr_ratio", 0.0);
+    c.optimizer = r.get<std::string>(p + ".optimizer.name", "sgd");
+    if (c.optimizer != "sgd" && c.optimizer != "adamw")
+      r.fail_at(
+          p + ".optimizer.name",
+          "expected sgd or adamw, got '" + c.optimizer + "'");
+    c.lr = r.get<double>(p + ".optimizer.lr");
+    c.momentum = r.get<double>(p + ".optimizer.momentum", 0.9);
+    c.nesterov = r.get<bool>(p + ".optimizer.nesterov", false);
+    c.weight_decay = r.get<double>(p + ".optimizer.weight_decay", 0.0);
+    c.beta1 = r.get<double>(p + ".optimizer.beta1", 0.9);
+    c.beta2 = r.get<double>(p + ".optimizer.beta2", 0.999);
+    c.quantizer_lr = r.get<double>(p + ".optimizer.quantizer_lr", c.lr);
+    c.clip = r.get<double>(p + ".clip_grad_norm", 0.0);
+    c.fake_quant_after = r.get<int64_t>(p + ".fake_quant_after", 0);
+    c.freeze_observers_at = r.get<int64_t>(p + ".freeze_observers_at", -1);
+    c.freeze_bn_at = r.get<int64_t>(p + ".freeze_bn_at", -1);
+    c.ce = r.get<double>(p + ".distill.ce", 1.0);
+    c.kl = r.get<double>(p + ".distill.kl", 0.0);
+    c.temperature = r.get<double>(p + ".distill.temperature", 1.0);
+    c.mse = r.get<double>(p + ".distill.mse", 0.0);
+    c.eval_every = r.get<int64_t>(p + ".eval_every", 0);
+    c.autocast_bf16 = r.get<std::string>(p + ".autocast", "none") == "bf16";
+    const auto positive = [&](const char* key, double v) {
+      if (!(v > 0))
+        r.fail_at(p + "." + key, "must be positive");
+    };
+    positive("steps", static_cast<double>(c.steps));
+    positive("accumulate", static_cast<double>(c.accumulate));
+    positive("optimizer.lr", c.lr);
+    positive("distill.temperature", c.temperature);
+    if (c.warmup < 0 || c.warmup >= c.steps)
+      r.fail_at(p + ".schedule.warmup", "must be in [0, steps)");
+    return c;
+  }
+
+  // Linear warm-up, then cosine decay to min_lr_ratio.
+  double lr_factor(int64_t step) const {
+    if (step < warmup)
+      return static_cast<double>(step + 1) / static_cast<double>(warmup);
+    const double progress = static_cast<double>(step - warmup) /
+        static_cast<double>(std::max<int64_t>(1, steps - warmup));
+    return min_lr_ratio +
+        (1 - min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * progress));
+  }
+  bool distills() const {
+    return kl > 0 || mse > 0;
+  }
+};
+
+std::vector<FakeQuantizerImpl*> fake_quantizers(torch::nn::Module& model) {
+  std::vector<FakeQuantizerImpl*> out;
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto* q = m->as<FakeQuantizerImpl>())
+      out.push_back(q);
+  }
+  return out;
+}
+
+void freeze_bn(torch::nn::Module& model, bool frozen) {
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto* conv = m->as<QuantConv2dImpl>())
+      conv->freeze_bn_stats(frozen);
+  }
+}
+
+// Evaluation never moves an observer.
+class ObserversPaused {
+ public:
+  explicit ObserversPaused(torch::nn::Module& model)
+      : quantizers_(fake_quantizers(model)) {
+    for (auto* q : quantizers_) {
+      was_on_.push_back(q->observer_enabled());
+      q->enable_observer(false);
+    }
+  }
+  ~ObserversPaused() {
+    for (size_t i = 0; i < quantizers_.size(); ++i)
+      quantizers_[i]->enable_observer(was_on_[i]);
+  }
+
+ private:
+  std::vector<FakeQuantizerImpl*> quantizers_;
+  std::vector<bool> was_on_;
+};
+
+// bf16 autocast for CUDA forward passes (a no-op elsewhere).
+class Autocast {
+ public:
+  explicit Autocast(bool on) : on_(on) {
+    if (on_) {
+      at::autocast::set_autocast_enabled(at::kCUDA, true);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    }
+  }
+  ~Autocast() {
+    if (on_) {
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+      at::autocast::clear_cache();
+    }
+  }
+
+ private:
+  bool on_;
+};
+
+std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names)
+    out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+std::string human_bytes(double bytes) {
+  char text[32];
+  if (bytes >= 1 << 20)
+    std::snprintf(text, sizeof text, "%.2f MiB", bytes / (1 << 20));
+  else
+    std::snprintf(text, sizeof text, "%.1f KiB", bytes / 1024);
+  return text;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Job::State {
+  Recipe recipe;
+  JobOptions options;
+  std::string run_dir, config_text;
+  uint64_t seed = 0;
+  torch::Device device = torch::kCPU;
+  data::ImageDataset train, validation, test;
+  int64_t batch_size = 128, eval_batch_size = 1000;
+  bool data_loaded = false;
+  std::unique_ptr<MetricsLog> metrics;
+
+  Classifier float_model;
+  std::map<std::string, Classifier> qat_models; // by scheme
+  std::vector<ModelResult> results;
+
+  State(Recipe r, JobOptions o) : recipe(std::move(r)), options(std::move(o)) {
+    if (!options.warn) {
+      options.warn = [](const std::string& m) {
+        std::fprintf(stderr, "warning: %s\n", m.c_str());
+      };
+    }
+    run_dir = recipe.get<std::string>("run.dir");
+    seed = static_cast<uint64_t>(recipe.get<int64_t>("run.seed", 0));
+    config_text = recipe.dump();
+    const auto device_name = recipe.get<std::string>("run.device", "auto");
+    if (device_name == "auto")
+      device = torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
+    else if (device_name == "cpu" || device_name == "cuda")
+      device = torch::Device(device_name);
+    else
+      recipe.fail_at(
+          "run.device",
+          "expected auto, cpu or cuda, got '" + device_name + "'");
+    if (device.is_cuda() && !torch::cuda::is_available())
+      recipe.fail_at(
+          "run.device", "cuda was asked for but no GPU is available");
+    if (const auto threads = recipe.get<int64_t>("run.threads", 0); threads > 0)
+      torch::set_num_threads(static_cast<int>(threads));
+  }
+
+  // -- data and models ------------------------------------------------------
+
+  void load_data() {
+    if (data_loaded)
+      return;
+    const auto name = recipe.get<std::string>("data.name");
+    const auto validation_size = recipe.get<int64_t>("data.validation");
+    batch_size = recipe.get<int64_t>("data.batch_size");
+    eval_batch_size = recipe.get<int64_t>("data.eval_batch_size", 1000);
+    if (name == "fashion_mnist") {
+      auto fm = data::load_fashion_mnist();
+      std::tie(train, validation) =
+          data::split(fm.train, validation_size, seed);
+      test = std::move(fm.test);
+    } else if (name == "digits") {
+      // No official test split: hold out data.test images first.
+      auto [rest, held_out] = data::split(
+          data::load_digits(), recipe.get<int64_t>("data.test"), seed);
+      std::tie(train, validation) =
+          data::split(rest, validation_size, seed + 1);
+      test = std::move(held_out);
+    } else {
+      recipe.fail_at(
+          "data.name",
+          "unknown data set '" + name + "'; expected fashion_mnist or digits");
+    }
+    for (auto* d : {&train, &validation, &test}) {
+      d->images = d->images.to(device);
+      d->labels = d->labels.to(device);
+    }
+    std::printf(
+        "data: %s, %lld train / %lld validation / %lld test images\n",
+        name.c_str(),
+        static_cast<long long>(train.size()),
+        static_cast<long long>(validation.size()),
+        static_cast<long long>(test.size()));
+    data_loaded = true;
+  }
+
+  Classifier build_model() {
+    load_data();
+    const auto type = recipe.get<std::string>("model.type");
+    const auto sizes = train.images.sizes();
+    const int64_t classes = recipe.get<int64_t>("model.classes", 10);
+    Classifier model;
+    if (type == "mlp") {
+      model = std::make_shared<models::MlpImpl>(
+          models::MlpOptions()
+              .in_features(sizes[1] * sizes[2] * sizes[3])
+              .hidden(recipe.get<std::vector<int64_t>>("model.hidden"))
+              .classes(classes));
+    } else if (type == "resnet") {
+      model = std::make_shared<models::ResNetImpl>(
+          models::ResNetOptions()
+              .in_channels(sizes[1])
+              .widths(recipe.get<std::vector<int64_t>>("model.widths"))
+              .blocks_per_stage(
+                  recipe.get<int64_t>("model.blocks_per_stage", 1))
+              .classes(classes));
+    } else {
+      recipe.fail_at(
+          "model.type", "unknown model '" + type + "'; expected mlp or resnet");
+    }
+    model->to(device);
+    return model;
+  }
+
+  QuantConfig scheme(const std::string& name) {
+    return recipe::quant_config(recipe, "quant." + name);
+  }
+
+  // A copy of the float model, prepared with `scheme` ("" for float).
+  Classifier copy_of_float(const std::string& scheme_name) {
+    auto model = build_model();
+    load_module_state(*model, module_state(*float_model), "the float model");
+    if (!scheme_name.empty())
+      prepare(*model, scheme(scheme_name));
+    return model;
+  }
+
+  void calibrate_model(models::ImageClassifier& model) {
+    const auto batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
+    model.eval();
+    const auto order =
+        data::batch_indices(train.size(), batch_size, true, seed + 7, true);
+    qat::calibrate(model, [&] {
+      for (int64_t b = 0; b < std::min<int64_t>(batches, order.size()); ++b)
+        model.forward(train.images.index_select(0, order[b].to(device)));
+    });
+  }
+
+  Metrics evaluate(
+      models::ImageClassifier& model,
+      const data::ImageDataset& d) {
+    torch::NoGradGuard no_grad;
+    ObserversPaused paused(model);
+    const bool was_training = model.is_training();
+    model.eval();
+    double loss = 0;
+    int64_t correct = 0;
+    for (const auto& idx :
+         data::batch_indices(d.size(), eval_batch_size, false, 0)) {
+      const auto i = idx.to(device);
+      const auto labels = d.labels.index_select(0, i);
+      const auto logits =
+          model.forward(d.images.index_select(0, i)).to(torch::kFloat);
+      loss += torch::nn::functional::cross_entropy(
+                  logits,
+                  labels,
+                  torch::nn::functional::CrossEntropyFuncOptions().reduction(
+                      torch::kSum))
+                  .item<double>();
+      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+    }
+    model.train(was_training);
+    const double n = static_cast<double>(d.size());
+    return {
+        {"accuracy", 100.0 * static_cast<double>(correct) / n},
+        {"loss", loss / n}};
+  }
+
+  // The served size: quantized weights as converted, everything else fp32.
+  int64_t weight_bytes(
+      models::ImageClassifier& model,
+      const std::string& scheme_name) {
+    auto served = copy_of_float(scheme_name);
+    if (!scheme_name.empty()) {
+      load_module_state(*served, module_state(model), "the quantized model");
+      convert(*served);
+    }
+    int64_t bytes = 0;
+    std::set<std::string> quantized;
+    for (const auto& [name, w] : quantized_weights(*served)) {
+      bytes += w->storage_bytes();
+      quantized.insert(name + ".weight");
+    }
+    for (const auto& p : served->named_parameters()) {
+      if (p.key().find("_quantizer.") == std::string::npos &&
+          !quantized.count(p.key()))
+        bytes += p.value().numel() * 4;
+    }
+    return bytes;
+  }
+
+  void record(
+      const std::string& name,
+      const std::string& stage,
+      models::ImageClassifier& model,
+      const std::string& scheme_name) {
+    ModelResult r;
+    r.name = name;
+    r.stage = stage;
+    r.validation = evaluate(model, validation);
+    r.test = evaluate(model, test);
+    r.weight_bytes = weight_bytes(model, scheme_name);
+    metrics->write(stage, -1, r.validation, {{"split", "validation"}});
+    metrics->write(stage, -1, r.test, {{"split", "test"}});
+    std::printf(
+        "%-12s validation %.2f%%  test %.2f%%  (loss %.4f)\n",
+        name.c_str(),
+        r.validation.at("accuracy"),
+        r.test.at("accuracy"),
+        r.test.at("loss"));
+    std::fflush(stdout);
+    results.push_back(std::move(r));
+  }
+
+  // -- the training loop ----------------------------------------------------
+
+  std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+      const LoopConfig& c,
+      torch::nn::Module& model,
+      std::vector<double>& base_lrs) {
+    std::vector<torch::Tensor> weights, quantizer;
+    for (const auto& p : model.named_parameters()) {
+      if (!p.value().requires_grad())
+        continue;
+      (p.key().find("_quantizer.") != std::string::npos ? quantizer : weights)
+          .push_back(p.value());
+    }
+    // Quantizer parameters (LSQ scales, PACT clips) get their own learning
+    // rate and no weight decay: decay would shrink the scales.
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    base_lrs = {c.lr};
+    if (c.optimizer == "sgd") {
+      auto options = torch::optim::SGDOptions(c.lr)
+                         .momentum(c.momentum)
+                         .nesterov(c.nesterov)
+                         .weight_decay(c.weight_decay);
+      groups.emplace_back(
+          weights, std::make_unique<torch::optim::SGDOptions>(options));
+      if (!quantizer.empty()) {
+        auto q = options;
+        groups.emplace_back(
+            quantizer,
+            std::make_unique<torch::optim::SGDOptions>(
+                q.lr(c.quantizer_lr).weight_decay(0)));
+        base_lrs.push_back(c.quantizer_lr);
+      }
+      return std::make_unique<torch::optim::SGD>(groups, options);
+    }
+    auto options = torch::optim::AdamWOptions(c.lr)
+                       .betas({c.beta1, c.beta2})
+                       .weight_decay(c.weight_decay);
+    groups.emplace_back(
+        weights, std::make_unique<torch::optim::AdamWOptions>(options));
+    if (!quantizer.empty()) {
+      auto q = options;
+      groups.emplace_back(
+          quantizer,
+          std::make_unique<torch::optim::AdamWOptions>(
+              q.lr(c.quantizer_lr).weight_decay(0)));
+      base_lrs.push_back(c.quantizer_lr);
+    }
+    return std::make_unique<torch::optim::AdamW>(groups, options);
+  }
+
+  void apply_qat_schedule(
+      models::ImageClassifier& model,
+      const LoopConfig& c,
+      int64_t step) {
+    set_fake_quant(model, step >= c.fake_quant_after);
+    set_observers(
+        model, c.freeze_observers_at < 0 || step < c.freeze_observers_at);
+    freeze_bn(model, c.freeze_bn_at >= 0 && step >= c.freeze_bn_at);
+  }
+
+  void train_stage(
+      const std::string& stage,
+      models::ImageClassifier& model,
+      const LoopConfig& c,
+      models::ImageClassifier* teacher,
+      bool quantized) {
+    std::vector<double> base_lrs;
+    auto optimizer = make_optimizer(c, model, base_lrs);
+    const auto every = recipe.get<int64_t>("trainer.checkpoint.every", 0);
+    Checkpoints checkpoints(
+        (fs::path(run_dir) / "checkpoints" / stage).string(),
+        static_cast<int>(recipe.get<int64_t>("trainer.checkpoint.keep", 3)));
+    int64_t step = 0;
+    std::string last_good = "none was written yet";
+    if (options.resume) {
+      if (auto found = checkpoints.latest(options.warn)) {
+        found->restore(model, optimizer.get());
+        step = found->step;
+        last_good = found->path;
+        std::printf(
+            "%s: resuming from %s (step %lld%s)\n",
+            stage.c_str(),
+            found->path.c_str(),
+            static_cast<long long>(step),
+            found->final ? ", finished" : "");
+        if (found->final)
+          return;
+      }
+    }
+    if (teacher)
+      teacher->eval();
+    const int64_t per_epoch = train.size() / batch_size;
+    if (per_epoch == 0)
+      recipe.fail_at("data.batch_size", "larger than the training set");
+    std::vector<torch::Tensor> epoch_batches;
+    int64_t loaded_epoch = -1;
+    const auto batch = [&](int64_t index) {
+      const int64_t epoch = index / per_epoch;
+      if (epoch != loaded_epoch) {
+        epoch_batches = data::batch_indices(
+            train.size(), batch_size, true, seed * 1000003 + epoch, true);
+        loaded_epoch = epoch;
+      }
+      return epoch_batches[index % per_epoch].to(device);
+    };
+    const auto log_every = recipe.get<int64_t>("trainer.log_every", 50);
+    std::vector<torch::Tensor> parameters;
+    for (const auto& p : model.parameters())
+      if (p.requires_grad())
+        parameters.push_back(p);
+
+    Progress progress(stage, step, c.steps, log_every);
+    model.train();
+    while (step < c.steps) {
+      if (quantized)
+        apply_qat_schedule(model, c, step);
+      const double factor = c.lr_factor(step);
+      for (size_t g = 0; g < base_lrs.size(); ++g)
+        optimizer->param_groups()[g].options().set_lr(base_lrs[g] * factor);
+      optimizer->zero_grad();
+      double loss_sum = 0;
+      for (int64_t micro = 0; micro < c.accumulate; ++micro) {
+        const auto idx = batch(step * c.accumulate + micro);
+        const auto images = train.images.index_select(0, idx);
+        const auto labels = train.labels.index_select(0, idx);
+        torch::Tensor loss;
+        {
+          Autocast autocast(c.autocast_bf16 && device.is_cuda());
+          const auto features = model.features(images);
+          const auto logits = model.classify(features).to(torch::kFloat);
+          loss = c.ce * torch::nn::functional::cross_entropy(logits, labels);
+          if (teacher && c.distills()) {
+            torch::Tensor teacher_features, teacher_logits;
+            {
+              torch::NoGradGuard no_grad;
+              teacher_features = teacher->features(images);
+              teacher_logits =
+                  teacher->classify(teacher_features).to(torch::kFloat);
+            }
+            if (c.kl > 0) {
+              const double t = c.temperature;
+              loss = loss +
+                  c.kl * t * t *
+                      torch::nn::functional::kl_div(
+                          torch::log_softmax(logits / t, 1),
+                          torch::softmax(teacher_logits / t, 1),
+                          torch::nn::functional::KLDivFuncOptions().reduction(
+                              torch::kBatchMean));
+            }
+            if (c.mse > 0) {
+              loss = loss +
+                  c.mse *
+                      torch::nn::functional::mse_loss(
+                          features.to(torch::kFloat),
+                          teacher_features.to(torch::kFloat));
+            }
+          }
+        }
+        const double value = loss.item<double>();
+        if (!std::isfinite(value)) {
+          throw TrainingError(
+              stage + ": step " + std::to_string(step + 1) + ": the loss is " +
+              (std::isnan(value) ? "nan" : "inf") +
+              "; stopped before updating the weights (last good checkpoint: " +
+              last_good +
+              "). Lower the learning rate or enable clip_grad_norm.");
+        }
+        loss_sum += value;
+        (loss / static_cast<double>(c.accumulate)).backward();
+      }
+      const double grad_norm = torch::nn::utils::clip_grad_norm_(
+          parameters,
+          c.clip > 0 ? c.clip : std::numeric_limits<double>::infinity());
+      if (!std::isfinite(grad_norm)) {
+        throw TrainingError(
+            stage + ": step " + std::to_string(step + 1) +
+            ": the gradient norm is not finite; stopped before updating the weights (last "
+            "good checkpoint: " +
+            last_good + ")");
+      }
+      optimizer->step();
+      ++step;
+      const double loss_mean = loss_sum / static_cast<double>(c.accumulate);
+      metrics->write(
+          stage,
+          step,
+          {{"loss", loss_mean},
+           {"lr", base_lrs[0] * factor},
+           {"grad_norm", grad_norm}});
+      progress.update(step, loss_mean, base_lrs[0] * factor);
+      if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
+        auto m = evaluate(model, validation);
+        metrics->write(stage, step, m, {{"split", "validation"}});
+      }
+      const bool halt =
+          stage == options.halt_stage && step == options.halt_step;
+      if ((every > 0 && step % every == 0 && step < c.steps) || halt) {
+        last_good = checkpoints.save(model, optimizer.get(), step, config_text);
+      }
+      if (halt) {
+        progress.finish();
+        throw Halted{step};
+      }
+    }
+    progress.finish();
+    checkpoints.save(model, optimizer.get(), step, config_text, /*final=*/true);
+    if (quantized) { // leave the schedule's end state: observers frozen
+      set_observers(model, false);
+      set_fake_quant(model, true);
+    }
+  }
+
+  // -- stages ---------------------------------------------------------------
+
+  void float_stage() {
+    torch::manual_seed(seed);
+    float_model = build_model();
+    const auto load = recipe.get<std::string>("trainer.float.load", "");
+    if (!load.empty()) {
+      load_module_state(*float_model, read_checkpoint(load).model, load);
+      std::printf("float: loaded %s\n", load.c_str());
+    } else {
+      train_stage(
+          "float",
+          *float_model,
+          LoopConfig::read(recipe, "trainer.float"),
+          nullptr,
+          false);
+    }
+    record("float", "float", *float_model, "");
+  }
+
+  void ensure_float() {
+    if (!float_model)
+      throw TrainingError(
+          "the float model is needed first: put 'float' before the other stages");
+  }
+
+  void ptq_stage() {
+    ensure_float();
+    for (const auto& name :
+         recipe.get<std::vector<std::string>>("trainer.ptq.schemes")) {
+      auto model = copy_of_float(name);
+      calibrate_model(*model);
+      record("PTQ " + name, "ptq." + name, *model, name);
+    }
+  }
+
+  void qat_stage() {
+    ensure_float();
+    const auto config = LoopConfig::read(recipe, "trainer.qat");
+    for (const auto& name :
+         recipe.get<std::vector<std::string>>("trainer.qat.schemes")) {
+      auto model = copy_of_float(name);
+      calibrate_model(*model);
+      train_stage(
+          "qat." + name,
+          *model,
+          config,
+          config.distills() ? float_model.get() : nullptr,
+          true);
+      record("QAT " + name, "qat." + name, *model, name);
+      qat_models[name] = model;
+    }
+  }
+
+  void export_stage() {
+    const auto format = recipe.get<std::string>("export.format", "native");
+    if (format != "native")
+      recipe.fail_at(
+          "export.format", "unknown format '" + format + "'; expected native");
+    for (const auto& name :
+         recipe.get<std::vector<std::string>>("export.schemes")) {
+      if (!qat_models.count(name)) {
+        recipe.fail_at(
+            "export.schemes",
+            "'" + name + "' was not trained by the qat stage (trained: " +
+                join_names(recipe.get<std::vector<std::string>>(
+                    "trainer.qat.schemes")) +
+                ")");
+      }
+      const auto path =
+          (fs::path(run_dir) / "export" / (name + ".safetensors")).string();
+      fs::create_directories(fs::path(path).parent_path());
+      auto served = copy_of_float(name);
+      load_module_state(
+          *served, module_state(*qat_models[name]), "the QAT model");
+      convert(*served);
+      save_converted(*served, path);
+      std::printf(
+          "export: %s (%s; float weights %s)\n",
+          path.c_str(),
+          human_bytes(static_cast<double>(fs::file_size(path))).c_str(),
+          human_bytes(static_cast<double>(weight_bytes(*float_model, "")))
+              .c_str());
+    }
+  }
+
+  void eval_stage();
+};
+
+// The table, summary files and plots.
+void Job::State::eval_stage() {
+  if (results.empty())
+    throw TrainingError(
+        "eval: no model was evaluated; run float (and ptq / qat) first");
+  const ModelResult& base = results.front();
+  const double float_acc = base.test.at("accuracy");
+  std::map<std::string, double> ptq_acc;
+  for (const auto& r : results)
+    if (r.stage.rfind("ptq.", 0) == 0)
+      ptq_acc[r.stage.substr(4)] = r.test.at("accuracy");
+
+  std::ostringstream table;
+  table
+      << "| model | test accuracy | vs float | validation accuracy | test loss | weights | QAT recovers |\n"
+      << "|---|---|---|---|---|---|---|\n";
+  nlohmann::ordered_json json = nlohmann::ordered_json::array();
+  for (const auto& r : results) {
+    const double acc = r.test.at("accuracy");
+    char row[256], delta[32] = "";
+    if (&r != &base)
+      std::snprintf(delta, sizeof delta, "%+.2f", acc - float_acc);
+    std::string recovered;
+    if (r.stage.rfind("qat.", 0) == 0 && ptq_acc.count(r.stage.substr(4))) {
+      const double lost = float_acc - ptq_acc.at(r.stage.substr(4));
+      if (lost > 0) {
+        char text[32];
+        std::snprintf(
+            text,
+            sizeof text,
+            "%.0f%% of PTQ's loss",
+            100.0 * (acc - ptq_acc.at(r.stage.substr(4))) / lost);
+        recovered = text;
+      }
+    }
+    std::snprintf(
+        row,
+        sizeof row,
+        "| %s | %.2f%% | %s | %.2f%% | %.4f | %s | %s |\n",
+        r.name.c_str(),
+        acc,
+        delta,
+        r.validation.at("accuracy"),
+        r.test.at("loss"),
+        human_bytes(static_cast<double>(r.weight_bytes)).c_str(),
+        recovered.c_str());
+    table << row;
+    json.push_back(
+        {{"name", r.name},
+         {"stage", r.stage},
+         {"test", r.test},
+         {"validation", r.validation},
+         {"weight_bytes", r.weight_bytes}});
+  }
+  std::printf("\n%s\n", table.str().c_str());
+  std::ofstream(fs::path(run_dir) / "summary.md") << table.str();
+  std::ofstream(fs::path(run_dir) / "summary.json") << json.dump(2) << "\n";
+
+  // Plots from metrics.jsonl, so a resumed run's curves are whole; a later
+  // line for the same stage and step (written after a resume) wins.
+  std::map<std::string, std::map<int64_t, double>> loss, accuracy;
+  std::ifstream lines(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(lines, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() < 0)
+      continue;
+    const auto stage = j["stage"].get<std::string>();
+    const auto step = j["step"].get<int64_t>();
+    if (j.contains("split") && j["accuracy"].is_number())
+      accuracy[stage][step] = j["accuracy"].get<double>();
+    else if (j.contains("loss") && j["loss"].is_number())
+      loss[stage][step] = j["loss"].get<double>();
+  }
+  const auto plot =
+      [&](const std::map<std::string, std::map<int64_t, double>>& data,
+          const std::string& file,
+          const std::string& title,
+          int64_t smooth) {
+        std::vector<Series> series;
+        for (const auto& [stage, points] : data) {
+          Series s{stage, {}, {}};
+          double window = 0;
+          std::vector<double> recent;
+          for (const auto& [step, value] : points) {
+            recent.push_back(value);
+            window += value;
+            if (static_cast<int64_t>(recent.size()) > smooth) {
+              window -= recent[recent.size() - 1 - smooth];
+            }
+            const auto n = std::min<int64_t>(smooth, recent.size());
+            s.x.push_back(static_cast<double>(step));
+            s.y.push_back(window / static_cast<double>(n));
+          }
+          series.push_back(std::move(s));
+        }
+        const auto path = (fs::path(run_dir) / file).string();
+        write_line_plot(path, title, "step", series);
+        std::printf("plot: %s\n", path.c_str());
+      };
+  plot(loss, "loss.png", "training loss (mean of 20 steps)", 20);
+  plot(accuracy, "accuracy.png", "validation accuracy (%)", 1);
+}
+
+// ---------------------------------------------------------------------------
+
+Job::Job(Recipe recipe, JobOptions options)
+    : state_(std::make_unique<State>(std::move(recipe), std::move(options))) {}
+
+Job::~Job() = default;
+
+const std::string& Job::run_dir() const {
+  return state_->run_dir;
+}
+
+std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
+  auto& s = *state_;
+  const auto stages = stages_in.empty()
+      ? s.recipe.get<std::vector<std::string>>("trainer.stages")
+      : stages_in;
+  const std::vector<std::string> known = {
+      "float", "ptq", "qat", "eval", "export"};
+  for (const auto& stage : stages) {
+    if (std::find(known.begin(), known.end(), stage) == known.end()) {
+      const auto best = recipe::closest(stage, known);
+      s.recipe.fail_at(
+          "trainer.stages",
+          "unknown stage '" + stage + "'" +
+              (best.empty() ? "" : " (did you mean '" + best + "'?)") +
+              "; stages: " + join_names(known));
+    }
+  }
+  const fs::path dir(s.run_dir);
+  if (!s.options.resume && fs::exists(dir / "checkpoints")) {
+    throw TrainingError(
+        "run directory " + s.run_dir +
+        " already holds checkpoints: pass --resume to continue that run, or set run.dir to "
+        "another directory");
+  }
+  fs::create_directories(dir);
+  {
+    std::ofstream config(dir / "config.yaml");
+    config << s.config_text << "\n";
+  }
+  s.metrics = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string());
+  std::printf(
+      "run: %s (device %s)\n", s.run_dir.c_str(), s.device.str().c_str());
+  try {
+    for (const auto& stage : stages) {
+      if (stage == "float")
+        s.float_stage();
+      else if (stage == "ptq")
+        s.ptq_stage();
+      else if (stage == "qat")
+        s.qat_stage();
+      else if (stage == "eval")
+        s.eval_stage();
+      else
+        s.export_stage();
+    }
+  } catch (const Halted& h) {
+    std::printf(
+        "halted after step %lld as asked; continue with --resume\n",
+        static_cast<long long>(h.step));
+  }
+  return s.results;
+}
+
+ModelResult Job::evaluate_checkpoint(
+    const std::string& checkpoint,
+    const std::string& scheme) {
+  auto& s = *state_;
+  auto model = s.build_model();
+  if (!scheme.empty())
+    prepare(*model, s.scheme(scheme));
+  load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
+  ModelResult r;
+  r.name = scheme.empty() ? "float" : scheme;
+  r.stage = "eval";
+  r.validation = s.evaluate(*model, s.validation);
+  r.test = s.evaluate(*model, s.test);
+  return r;
+}
+
+int64_t Job::export_checkpoint(
+    const std::string& checkpoint,
+    const std::string& scheme,
+    const std::string& path) {
+  auto& s = *state_;
+  auto model = s.build_model();
+  prepare(*model, s.scheme(scheme));
+  load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
+  convert(*model);
+  if (fs::path(path).has_parent_path())
+    fs::create_directories(fs::path(path).parent_path());
+  save_converted(*model, path);
+  return static_cast<int64_t>(fs::file_size(path));
+}
+
+std::string Job::info(const std::string& scheme) {
+  auto& s = *state_;
+  torch::manual_seed(s.seed);
+  s.float_model = s.build_model();
+  std::ostringstream out;
+  int64_t parameters = 0;
+  for (const auto& p : s.float_model->parameters())
+    parameters += p.numel();
+  out << "model: " << s.recipe.get<std::string>("model.type") << ", "
+      << parameters << " parameters, "
+      << human_bytes(static_cast<double>(s.weight_bytes(*s.float_model, "")))
+      << " as fp32\n";
+  if (!scheme.empty()) {
+    auto model = s.copy_of_float("");
+    const auto report = prepare(*model, s.scheme(scheme));
+    s.calibrate_model(*model); // sizes the weight quantizers
+    out << "scheme " << scheme << ":\n"
+        << report.table() << "served weights: "
+        << human_bytes(static_cast<double>(s.weight_bytes(*model, scheme)))
+        << "\n";
+  }
+  return out.str();
+}
+
+} // namespace qat::train

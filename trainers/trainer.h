@@ -1,0 +1,94 @@
+// The job a recipe describes, run stage by stage in its run directory:
+//
+//   float    train the float model (or load it: trainer.float.load)
+//   ptq      for each scheme in trainer.ptq.schemes: prepare a copy of the
+//            float model, calibrate its observers, evaluate
+//   qat      for each scheme in trainer.qat.schemes: prepare a copy,
+//            calibrate, fine-tune with fake-quant (QAT schedule, optional
+//            distillation from the float model), evaluate
+//   eval     the float / PTQ / QAT models side by side on the test set: a
+//            table on stdout, summary.md / summary.json, PNG plots
+//   export   convert each exported QAT model to real low-precision weights
+//
+// Training stages checkpoint to <run.dir>/checkpoints/<stage>/ every
+// trainer.checkpoint.every steps and when they finish; with `resume` a run
+// continues from the newest checkpoint that verifies and ends with the same
+// weights as a run that was never interrupted (on CPU). A NaN or inf loss
+// stops the run with TrainingError, leaving the last good checkpoint intact.
+//
+// Example:
+//   auto recipe = qat::recipe::Recipe::load("recipes/quickstart.yaml", {});
+//   qat::train::Job job(recipe, {});
+//   auto results = job.run();
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "trainers/recipe.h"
+
+namespace qat::train {
+
+class TrainingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct JobOptions {
+  bool resume = false;
+  // Stop (as if interrupted) right after checkpointing step `halt_step` of
+  // stage `halt_stage` ("float", "qat.w4a4"): a time limit on a cluster, or
+  // a test of resuming. Empty: never.
+  std::string halt_stage;
+  int64_t halt_step = 0;
+  // Progress and results go to stdout/stderr; warnings through this.
+  std::function<void(const std::string&)> warn;
+};
+
+// One model's row in the summary.
+struct ModelResult {
+  std::string name;  // "float", "PTQ int8", "QAT w4a4"
+  std::string stage; // "float", "ptq.int8", "qat.w4a4"
+  std::map<std::string, double> validation, test; // accuracy, loss, ...
+  int64_t weight_bytes = 0;                       // served size of the weights
+};
+
+class Job {
+ public:
+  Job(recipe::Recipe recipe, JobOptions options);
+  ~Job();
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
+  // Runs `stages` (default: the recipe's trainer.stages) and returns every
+  // model evaluated, float first.
+  std::vector<ModelResult> run(const std::vector<std::string>& stages = {});
+
+  // `qat eval`: the test metrics of the model in `checkpoint` (float, or
+  // quantized with `scheme`).
+  ModelResult evaluate_checkpoint(
+      const std::string& checkpoint,
+      const std::string& scheme);
+  // `qat export`: converts the QAT model in `checkpoint` and writes it to
+  // `path` in the native format (qat::save_converted). Returns its size.
+  int64_t export_checkpoint(
+      const std::string& checkpoint,
+      const std::string& scheme,
+      const std::string& path);
+  // `qat info`: the model, each layer's effective quantization, parameter
+  // count and sizes.
+  std::string info(const std::string& scheme);
+
+  const std::string& run_dir() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+} // namespace qat::train
