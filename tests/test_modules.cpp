@@ -220,6 +220,24 @@ TEST(QuantModules, FoldedQuantizedConvBnIsWhatIsServed) {
       << (after - before).abs().max();
 }
 
+// PTQ calibrates with fake-quant off (the unfolded conv then BN runs), yet
+// the weight observer must see the folded weight, the one quantized later.
+TEST(QuantModules, CalibrationObservesTheFoldedWeight) {
+  ConvBn ref;
+  LayerQuantSpecs specs;
+  specs.weight = FakeQuantizerOptions(
+      QuantSpec().bits(4).granularity(Granularity::per_channel).axis(0));
+  const auto x = torch::randn({2, 4, 8, 8});
+  auto calibrated = QuantConv2d::from_float(ref.conv, specs, ref.bn);
+  calibrated->eval();
+  calibrate(*calibrated, [&] { calibrated(x); });
+  // Reference: an observer fed the served (folded) weight directly.
+  Observer observer(specs.weight->spec());
+  observer->observe(calibrated->to_float()->weight.detach().flatten(1));
+  EXPECT_TRUE(bitwise_equal(
+      calibrated->quantizers.weight->scale(), observer->qparams().scale));
+}
+
 TEST(QuantModules, PresetsGiveTheDocumentedSpecs) {
   const auto w4 = preset("w4a16_g128");
   EXPECT_EQ(

@@ -94,6 +94,31 @@ TEST_F(RecipeTest, OverridesAreTypedAndCanPickAddAndDelete) {
   EXPECT_EQ(r.origin("trainer.steps"), "override 'trainer.steps=300'");
 }
 
+TEST_F(RecipeTest, PackagedGroupsFillOtherKeysAndListItemsHaveOrigins) {
+  write(
+      "packaged.yaml",
+      "defaults:\n"
+      "  - model@zoo.small: mlp\n"
+      "  - model@zoo.big: cnn\n"
+      "stages:\n"
+      "  - {name: a, steps: 3}\n"
+      "  - {name: b, steps: 4}\n");
+  const auto r = Recipe::load(path("packaged.yaml"), {"model@zoo.big=mlp"});
+  EXPECT_EQ(r.get<std::string>("zoo.small.name"), "mlp");
+  EXPECT_EQ(
+      r.get<std::string>("zoo.big.name"), "mlp"); // picked on the command line
+  EXPECT_EQ(r.keys("zoo"), (std::vector<std::string>{"small", "big"}));
+  EXPECT_EQ(r.keys("stages"), (std::vector<std::string>{"0", "1"}));
+  EXPECT_EQ(r.get<int>("stages.1.steps"), 4);
+  EXPECT_FALSE(r.has("stages.2.steps"));
+  EXPECT_EQ(r.origin("stages.1.steps"), path("packaged.yaml") + ":6:22");
+  EXPECT_EQ(r.origin("zoo.small.name"), path("model/mlp.yaml") + ":1:7");
+  EXPECT_EQ(
+      error_of("packaged.yaml", {"model@zoo.huge=cnn"}),
+      "override 'model@zoo.huge=cnn': 'model@zoo.huge' is neither a key nor a "
+      "config group of the recipe's defaults");
+}
+
 TEST_F(RecipeTest, BadOverridesNameTheOverride) {
   EXPECT_EQ(
       error_of("main.yaml", {"trainer.step=5"}),

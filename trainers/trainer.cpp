@@ -714,8 +714,10 @@ void Job::State::eval_stage() {
       std::snprintf(delta, sizeof delta, "%+.2f", acc - float_acc);
     std::string recovered;
     if (r.stage.rfind("qat.", 0) == 0 && ptq_acc.count(r.stage.substr(4))) {
+      // Only where PTQ lost something worth recovering: a ratio of a few
+      // hundredths of a point is noise.
       const double lost = float_acc - ptq_acc.at(r.stage.substr(4));
-      if (lost > 0) {
+      if (lost >= 1.0) {
         char text[32];
         std::snprintf(
             text,
