@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -362,6 +363,41 @@ TEST_F(JobTest, ANanLossStopsTheRunAndKeepsTheLastGoodCheckpoint) {
       << message;
   for (const auto& [name, t] : last->model)
     EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+}
+
+TEST_F(JobTest, LanguageModelsReportPerplexity) {
+  const auto recipe = Recipe::load(
+      kRecipes + "/kjv.yaml",
+      {"run.dir=" + (temp_ / "kjv"),
+       "run.device=cpu",
+       "trainer.float.steps=40",
+       "trainer.float.eval_every=0",
+       "trainer.qat.steps=10",
+       "trainer.qat.eval_every=0",
+       "trainer.ptq.schemes=[q4_0]",
+       "trainer.qat.schemes=[q4_0]",
+       "data.eval_windows=32"});
+  const auto results = run(recipe, {}, {"float", "ptq", "qat", "eval"});
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& r : results) {
+    for (const auto* m : {&r.validation, &r.test}) {
+      // Perplexity per byte is exp(mean cross-entropy), and 40 steps already
+      // beat the uniform byte distribution (256) by far.
+      EXPECT_NEAR(
+          m->at("perplexity"),
+          std::exp(m->at("loss")),
+          1e-9 * m->at("perplexity"));
+      EXPECT_LT(m->at("perplexity"), 64.0) << r.name;
+    }
+  }
+  std::ifstream summary(temp_ / "kjv/summary.md");
+  std::string header;
+  std::getline(summary, header);
+  EXPECT_EQ(
+      header,
+      "| model | test perplexity | vs float | validation perplexity | test loss | weights | "
+      "QAT recovers |");
+  EXPECT_TRUE(fs::exists(temp_ / "kjv/perplexity.png"));
 }
 
 } // namespace

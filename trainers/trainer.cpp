@@ -17,16 +17,14 @@
 #include "qat/modules/conv.h"
 #include "qat/prepare.h"
 #include "trainers/checkpoint.h"
-#include "trainers/data/datasets.h"
-#include "trainers/models/classifiers.h"
 #include "trainers/quant_config.h"
 #include "trainers/report.h"
+#include "trainers/task.h"
 
 namespace qat::train {
 namespace fs = std::filesystem;
+namespace F = torch::nn::functional;
 using recipe::Recipe;
-using Classifier = std::shared_ptr<models::ImageClassifier>;
-using Metrics = std::map<std::string, double>;
 
 namespace {
 
@@ -188,13 +186,11 @@ struct Job::State {
   std::string run_dir, config_text;
   uint64_t seed = 0;
   torch::Device device = torch::kCPU;
-  data::ImageDataset train, validation, test;
-  int64_t batch_size = 128, eval_batch_size = 1000;
-  bool data_loaded = false;
+  std::unique_ptr<Task> task_;
   std::unique_ptr<MetricsLog> metrics;
 
-  Classifier float_model;
-  std::map<std::string, Classifier> qat_models; // by scheme
+  Model float_model;
+  std::map<std::string, Model> qat_models; // by scheme
   std::vector<ModelResult> results;
 
   State(Recipe r, JobOptions o) : recipe(std::move(r)), options(std::move(o)) {
@@ -224,69 +220,15 @@ struct Job::State {
 
   // -- data and models ------------------------------------------------------
 
-  void load_data() {
-    if (data_loaded)
-      return;
-    const auto name = recipe.get<std::string>("data.name");
-    const auto validation_size = recipe.get<int64_t>("data.validation");
-    batch_size = recipe.get<int64_t>("data.batch_size");
-    eval_batch_size = recipe.get<int64_t>("data.eval_batch_size", 1000);
-    if (name == "fashion_mnist") {
-      auto fm = data::load_fashion_mnist();
-      std::tie(train, validation) =
-          data::split(fm.train, validation_size, seed);
-      test = std::move(fm.test);
-    } else if (name == "digits") {
-      // No official test split: hold out data.test images first.
-      auto [rest, held_out] = data::split(
-          data::load_digits(), recipe.get<int64_t>("data.test"), seed);
-      std::tie(train, validation) =
-          data::split(rest, validation_size, seed + 1);
-      test = std::move(held_out);
-    } else {
-      recipe.fail_at(
-          "data.name",
-          "unknown data set '" + name + "'; expected fashion_mnist or digits");
-    }
-    for (auto* d : {&train, &validation, &test}) {
-      d->images = d->images.to(device);
-      d->labels = d->labels.to(device);
-    }
-    std::printf(
-        "data: %s, %lld train / %lld validation / %lld test images\n",
-        name.c_str(),
-        static_cast<long long>(train.size()),
-        static_cast<long long>(validation.size()),
-        static_cast<long long>(test.size()));
-    data_loaded = true;
+  // The task, its data loaded on first use.
+  Task& task() {
+    if (!task_)
+      task_ = make_task(recipe, device, seed);
+    return *task_;
   }
 
-  Classifier build_model() {
-    load_data();
-    const auto type = recipe.get<std::string>("model.type");
-    const auto sizes = train.images.sizes();
-    const int64_t classes = recipe.get<int64_t>("model.classes", 10);
-    Classifier model;
-    if (type == "mlp") {
-      model = std::make_shared<models::MlpImpl>(
-          models::MlpOptions()
-              .in_features(sizes[1] * sizes[2] * sizes[3])
-              .hidden(recipe.get<std::vector<int64_t>>("model.hidden"))
-              .classes(classes));
-    } else if (type == "resnet") {
-      model = std::make_shared<models::ResNetImpl>(
-          models::ResNetOptions()
-              .in_channels(sizes[1])
-              .widths(recipe.get<std::vector<int64_t>>("model.widths"))
-              .blocks_per_stage(
-                  recipe.get<int64_t>("model.blocks_per_stage", 1))
-              .classes(classes));
-    } else {
-      recipe.fail_at(
-          "model.type", "unknown model '" + type + "'; expected mlp or resnet");
-    }
-    model->to(device);
-    return model;
+  Model build_model() {
+    return task().build_model();
   }
 
   QuantConfig scheme(const std::string& name) {
@@ -294,7 +236,7 @@ struct Job::State {
   }
 
   // A copy of the float model, prepared with `scheme` ("" for float).
-  Classifier copy_of_float(const std::string& scheme_name) {
+  Model copy_of_float(const std::string& scheme_name) {
     auto model = build_model();
     load_module_state(*model, module_state(*float_model), "the float model");
     if (!scheme_name.empty())
@@ -302,50 +244,28 @@ struct Job::State {
     return model;
   }
 
-  void calibrate_model(models::ImageClassifier& model) {
+  void calibrate_model(torch::nn::Module& model) {
     const auto batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
     model.eval();
-    const auto order =
-        data::batch_indices(train.size(), batch_size, true, seed + 7, true);
     qat::calibrate(model, [&] {
-      for (int64_t b = 0; b < std::min<int64_t>(batches, order.size()); ++b)
-        model.forward(train.images.index_select(0, order[b].to(device)));
+      for (int64_t b = 0; b < batches; ++b)
+        task().forward(model, task().calibration_batch(b).inputs);
     });
   }
 
-  Metrics evaluate(
-      models::ImageClassifier& model,
-      const data::ImageDataset& d) {
+  Metrics evaluate(torch::nn::Module& model, Split split) {
     torch::NoGradGuard no_grad;
     ObserversPaused paused(model);
     const bool was_training = model.is_training();
     model.eval();
-    double loss = 0;
-    int64_t correct = 0;
-    for (const auto& idx :
-         data::batch_indices(d.size(), eval_batch_size, false, 0)) {
-      const auto i = idx.to(device);
-      const auto labels = d.labels.index_select(0, i);
-      const auto logits =
-          model.forward(d.images.index_select(0, i)).to(torch::kFloat);
-      loss += torch::nn::functional::cross_entropy(
-                  logits,
-                  labels,
-                  torch::nn::functional::CrossEntropyFuncOptions().reduction(
-                      torch::kSum))
-                  .item<double>();
-      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
-    }
+    auto metrics = task().evaluate(model, split);
     model.train(was_training);
-    const double n = static_cast<double>(d.size());
-    return {
-        {"accuracy", 100.0 * static_cast<double>(correct) / n},
-        {"loss", loss / n}};
+    return metrics;
   }
 
   // The served size: quantized weights as converted, everything else fp32.
   int64_t weight_bytes(
-      models::ImageClassifier& model,
+      torch::nn::Module& model,
       const std::string& scheme_name) {
     auto served = copy_of_float(scheme_name);
     if (!scheme_name.empty()) {
@@ -369,21 +289,24 @@ struct Job::State {
   void record(
       const std::string& name,
       const std::string& stage,
-      models::ImageClassifier& model,
+      torch::nn::Module& model,
       const std::string& scheme_name) {
     ModelResult r;
     r.name = name;
     r.stage = stage;
-    r.validation = evaluate(model, validation);
-    r.test = evaluate(model, test);
+    r.validation = evaluate(model, Split::validation);
+    r.test = evaluate(model, Split::test);
     r.weight_bytes = weight_bytes(model, scheme_name);
     metrics->write(stage, -1, r.validation, {{"split", "validation"}});
     metrics->write(stage, -1, r.test, {{"split", "test"}});
+    const char* metric = task().metric();
     std::printf(
-        "%-12s validation %.2f%%  test %.2f%%  (loss %.4f)\n",
+        "%-12s validation %s %.4g  test %s %.4g  (loss %.4f)\n",
         name.c_str(),
-        r.validation.at("accuracy"),
-        r.test.at("accuracy"),
+        metric,
+        r.validation.at(metric),
+        metric,
+        r.test.at(metric),
         r.test.at("loss"));
     std::fflush(stdout);
     results.push_back(std::move(r));
@@ -440,7 +363,7 @@ struct Job::State {
   }
 
   void apply_qat_schedule(
-      models::ImageClassifier& model,
+      torch::nn::Module& model,
       const LoopConfig& c,
       int64_t step) {
     set_fake_quant(model, step >= c.fake_quant_after);
@@ -451,9 +374,9 @@ struct Job::State {
 
   void train_stage(
       const std::string& stage,
-      models::ImageClassifier& model,
+      torch::nn::Module& model,
       const LoopConfig& c,
-      models::ImageClassifier* teacher,
+      torch::nn::Module* teacher,
       bool quantized) {
     std::vector<double> base_lrs;
     auto optimizer = make_optimizer(c, model, base_lrs);
@@ -480,20 +403,6 @@ struct Job::State {
     }
     if (teacher)
       teacher->eval();
-    const int64_t per_epoch = train.size() / batch_size;
-    if (per_epoch == 0)
-      recipe.fail_at("data.batch_size", "larger than the training set");
-    std::vector<torch::Tensor> epoch_batches;
-    int64_t loaded_epoch = -1;
-    const auto batch = [&](int64_t index) {
-      const int64_t epoch = index / per_epoch;
-      if (epoch != loaded_epoch) {
-        epoch_batches = data::batch_indices(
-            train.size(), batch_size, true, seed * 1000003 + epoch, true);
-        loaded_epoch = epoch;
-      }
-      return epoch_batches[index % per_epoch].to(device);
-    };
     const auto log_every = recipe.get<int64_t>("trainer.log_every", 50);
     std::vector<torch::Tensor> parameters;
     for (const auto& p : model.parameters())
@@ -511,39 +420,40 @@ struct Job::State {
       optimizer->zero_grad();
       double loss_sum = 0;
       for (int64_t micro = 0; micro < c.accumulate; ++micro) {
-        const auto idx = batch(step * c.accumulate + micro);
-        const auto images = train.images.index_select(0, idx);
-        const auto labels = train.labels.index_select(0, idx);
+        const Batch batch = task().train_batch(step * c.accumulate + micro);
         torch::Tensor loss;
         {
           Autocast autocast(c.autocast_bf16 && device.is_cuda());
-          const auto features = model.features(images);
-          const auto logits = model.classify(features).to(torch::kFloat);
-          loss = c.ce * torch::nn::functional::cross_entropy(logits, labels);
+          const Output out = task().forward(model, batch.inputs);
+          loss = c.ce * task().loss(out, batch);
           if (teacher && c.distills()) {
-            torch::Tensor teacher_features, teacher_logits;
+            Output target;
             {
               torch::NoGradGuard no_grad;
-              teacher_features = teacher->features(images);
-              teacher_logits =
-                  teacher->classify(teacher_features).to(torch::kFloat);
+              target = task().forward(*teacher, batch.inputs);
             }
+            const auto logits = out.logits.to(torch::kFloat);
+            const auto vocab = logits.size(-1);
             if (c.kl > 0) {
               const double t = c.temperature;
               loss = loss +
                   c.kl * t * t *
-                      torch::nn::functional::kl_div(
-                          torch::log_softmax(logits / t, 1),
-                          torch::softmax(teacher_logits / t, 1),
-                          torch::nn::functional::KLDivFuncOptions().reduction(
-                              torch::kBatchMean));
+                      F::kl_div(
+                          torch::log_softmax(
+                              logits.reshape({-1, vocab}) / t, 1),
+                          torch::softmax(
+                              target.logits.to(torch::kFloat)
+                                      .reshape({-1, vocab}) /
+                                  t,
+                              1),
+                          F::KLDivFuncOptions().reduction(torch::kBatchMean));
             }
             if (c.mse > 0) {
               loss = loss +
                   c.mse *
-                      torch::nn::functional::mse_loss(
-                          features.to(torch::kFloat),
-                          teacher_features.to(torch::kFloat));
+                      F::mse_loss(
+                          out.features.to(torch::kFloat),
+                          target.features.to(torch::kFloat));
             }
           }
         }
@@ -580,7 +490,7 @@ struct Job::State {
            {"grad_norm", grad_norm}});
       progress.update(step, loss_mean, base_lrs[0] * factor);
       if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
-        auto m = evaluate(model, validation);
+        auto m = evaluate(model, Split::validation);
         metrics->write(stage, step, m, {{"split", "validation"}});
       }
       const bool halt =
@@ -696,45 +606,55 @@ void Job::State::eval_stage() {
     throw TrainingError(
         "eval: no model was evaluated; run float (and ptq / qat) first");
   const ModelResult& base = results.front();
-  const double float_acc = base.test.at("accuracy");
-  std::map<std::string, double> ptq_acc;
+  const std::string metric = task().metric();
+  const bool accuracy = task().higher_is_better();
+  // "88.39%" or "5.123"; differences in points or in perplexity.
+  const auto value = [&](double v) {
+    char text[32];
+    std::snprintf(text, sizeof text, accuracy ? "%.2f%%" : "%.3f", v);
+    return std::string(text);
+  };
+  const double float_value = base.test.at(metric);
+  std::map<std::string, double> ptq_value;
   for (const auto& r : results)
     if (r.stage.rfind("ptq.", 0) == 0)
-      ptq_acc[r.stage.substr(4)] = r.test.at("accuracy");
+      ptq_value[r.stage.substr(4)] = r.test.at(metric);
 
   std::ostringstream table;
-  table
-      << "| model | test accuracy | vs float | validation accuracy | test loss | weights | QAT recovers |\n"
-      << "|---|---|---|---|---|---|---|\n";
+  table << "| model | test " << metric << " | vs float | validation " << metric
+        << " | test loss | weights | QAT recovers |\n"
+        << "|---|---|---|---|---|---|---|\n";
   nlohmann::ordered_json json = nlohmann::ordered_json::array();
   for (const auto& r : results) {
-    const double acc = r.test.at("accuracy");
+    const double v = r.test.at(metric);
     char row[256], delta[32] = "";
     if (&r != &base)
-      std::snprintf(delta, sizeof delta, "%+.2f", acc - float_acc);
+      std::snprintf(
+          delta, sizeof delta, accuracy ? "%+.2f" : "%+.3f", v - float_value);
     std::string recovered;
-    if (r.stage.rfind("qat.", 0) == 0 && ptq_acc.count(r.stage.substr(4))) {
-      // Only where PTQ lost something worth recovering: a ratio of a few
-      // hundredths of a point is noise.
-      const double lost = float_acc - ptq_acc.at(r.stage.substr(4));
-      if (lost >= 1.0) {
+    const std::string scheme = r.stage.substr(4);
+    if (r.stage.rfind("qat.", 0) == 0 && ptq_value.count(scheme)) {
+      // Only where PTQ lost something worth recovering (a point of accuracy,
+      // 1% of perplexity): a ratio of noise is noise.
+      const double lost = accuracy ? float_value - ptq_value.at(scheme)
+                                   : ptq_value.at(scheme) - float_value;
+      if (lost >= (accuracy ? 1.0 : 0.01 * float_value)) {
+        const double gained =
+            accuracy ? v - ptq_value.at(scheme) : ptq_value.at(scheme) - v;
         char text[32];
         std::snprintf(
-            text,
-            sizeof text,
-            "%.0f%% of PTQ's loss",
-            100.0 * (acc - ptq_acc.at(r.stage.substr(4))) / lost);
+            text, sizeof text, "%.0f%% of PTQ's loss", 100.0 * gained / lost);
         recovered = text;
       }
     }
     std::snprintf(
         row,
         sizeof row,
-        "| %s | %.2f%% | %s | %.2f%% | %.4f | %s | %s |\n",
+        "| %s | %s | %s | %s | %.4f | %s | %s |\n",
         r.name.c_str(),
-        acc,
+        value(v).c_str(),
         delta,
-        r.validation.at("accuracy"),
+        value(r.validation.at(metric)).c_str(),
         r.test.at("loss"),
         human_bytes(static_cast<double>(r.weight_bytes)).c_str(),
         recovered.c_str());
@@ -752,7 +672,7 @@ void Job::State::eval_stage() {
 
   // Plots from metrics.jsonl, so a resumed run's curves are whole; a later
   // line for the same stage and step (written after a resume) wins.
-  std::map<std::string, std::map<int64_t, double>> loss, accuracy;
+  std::map<std::string, std::map<int64_t, double>> loss, evaluations;
   std::ifstream lines(fs::path(run_dir) / "metrics.jsonl");
   for (std::string line; std::getline(lines, line);) {
     const auto j = nlohmann::json::parse(line, nullptr, false);
@@ -760,8 +680,8 @@ void Job::State::eval_stage() {
       continue;
     const auto stage = j["stage"].get<std::string>();
     const auto step = j["step"].get<int64_t>();
-    if (j.contains("split") && j["accuracy"].is_number())
-      accuracy[stage][step] = j["accuracy"].get<double>();
+    if (j.contains("split") && j.contains(metric) && j[metric].is_number())
+      evaluations[stage][step] = j[metric].get<double>();
     else if (j.contains("loss") && j["loss"].is_number())
       loss[stage][step] = j["loss"].get<double>();
   }
@@ -792,7 +712,11 @@ void Job::State::eval_stage() {
         std::printf("plot: %s\n", path.c_str());
       };
   plot(loss, "loss.png", "training loss (mean of 20 steps)", 20);
-  plot(accuracy, "accuracy.png", "validation accuracy (%)", 1);
+  plot(
+      evaluations,
+      metric + ".png",
+      "validation " + metric + (accuracy ? " (%)" : " (per byte)"),
+      1);
 }
 
 // ---------------------------------------------------------------------------
@@ -870,8 +794,8 @@ ModelResult Job::evaluate_checkpoint(
   ModelResult r;
   r.name = scheme.empty() ? "float" : scheme;
   r.stage = "eval";
-  r.validation = s.evaluate(*model, s.validation);
-  r.test = s.evaluate(*model, s.test);
+  r.validation = s.evaluate(*model, Split::validation);
+  r.test = s.evaluate(*model, Split::test);
   return r;
 }
 

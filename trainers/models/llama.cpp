@@ -364,12 +364,15 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
 torch::Tensor LlamaForCausalLMImpl::forward(
     const torch::Tensor& tokens,
     KvCache* cache) {
-  const torch::Tensor h = model(tokens, cache);
+  return head(model(tokens, cache));
+}
+
+torch::Tensor LlamaForCausalLMImpl::head(const torch::Tensor& hidden) {
   if (!lm_head.is_empty())
-    return lm_head(h);
+    return lm_head(hidden);
   // Tied: the embedding table as it is served (through its quantizer).
   QuantEmbeddingImpl& embed = *model->embed_tokens;
-  return F::linear(h, embed.effective_weight(embed.weight));
+  return F::linear(hidden, embed.effective_weight(embed.weight));
 }
 
 torch::Tensor LlamaForCausalLMImpl::generate(

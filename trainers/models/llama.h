@@ -151,6 +151,9 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   // Next-token logits [batch, time, vocab] for int64 tokens [batch, time];
   // with a cache, the tokens continue what it holds and are appended to it.
   torch::Tensor forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
+  // Logits from the final hidden states (what `model` returns): through
+  // lm_head, or the tied embedding table as it is served.
+  torch::Tensor head(const torch::Tensor& hidden);
   // Continues prompt [batch, time] by max_new_tokens tokens (greedy when
   // temperature is 0, else sampled with a generator seeded by `seed`), one
   // token a step through the KV cache; returns prompt + continuation.

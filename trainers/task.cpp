@@ -1,0 +1,292 @@
+#include "trainers/task.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "trainers/data/datasets.h"
+#include "trainers/data/text.h"
+#include "trainers/models/classifiers.h"
+#include "trainers/models/llama.h"
+
+namespace qat::train {
+namespace F = torch::nn::functional;
+using recipe::Recipe;
+
+namespace {
+
+torch::Tensor cross_entropy(
+    const torch::Tensor& logits,
+    const torch::Tensor& targets) {
+  return F::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
+      targets.reshape(-1));
+}
+
+// Evaluation in batches: the summed cross-entropy and the count of correct
+// predictions over `count` examples.
+struct Totals {
+  double loss = 0, correct = 0, count = 0;
+};
+
+class ImageTask final : public Task {
+ public:
+  ImageTask(const Recipe& recipe, torch::Device device, uint64_t seed)
+      : recipe_(recipe), device_(device), seed_(seed) {
+    const auto name = recipe.get<std::string>("data.name");
+    const auto validation_size = recipe.get<int64_t>("data.validation");
+    batch_size_ = recipe.get<int64_t>("data.batch_size");
+    eval_batch_size_ = recipe.get<int64_t>("data.eval_batch_size", 1000);
+    if (name == "fashion_mnist") {
+      auto fm = data::load_fashion_mnist();
+      std::tie(train_, validation_) =
+          data::split(fm.train, validation_size, seed);
+      test_ = std::move(fm.test);
+    } else {
+      // digits has no official test split: hold out data.test images first.
+      auto [rest, held_out] = data::split(
+          data::load_digits(), recipe.get<int64_t>("data.test"), seed);
+      std::tie(train_, validation_) =
+          data::split(rest, validation_size, seed + 1);
+      test_ = std::move(held_out);
+    }
+    for (auto* d : {&train_, &validation_, &test_}) {
+      d->images = d->images.to(device);
+      d->labels = d->labels.to(device);
+    }
+    per_epoch_ = train_.size() / batch_size_;
+    if (per_epoch_ == 0)
+      recipe.fail_at("data.batch_size", "larger than the training set");
+    std::printf(
+        "data: %s, %lld train / %lld validation / %lld test images\n",
+        name.c_str(),
+        static_cast<long long>(train_.size()),
+        static_cast<long long>(validation_.size()),
+        static_cast<long long>(test_.size()));
+  }
+
+  Model build_model() const override {
+    const auto type = recipe_.get<std::string>("model.type");
+    const auto sizes = train_.images.sizes();
+    const int64_t classes = recipe_.get<int64_t>("model.classes", 10);
+    Model model;
+    if (type == "mlp") {
+      model = std::make_shared<models::MlpImpl>(
+          models::MlpOptions()
+              .in_features(sizes[1] * sizes[2] * sizes[3])
+              .hidden(recipe_.get<std::vector<int64_t>>("model.hidden"))
+              .classes(classes));
+    } else if (type == "resnet") {
+      model = std::make_shared<models::ResNetImpl>(
+          models::ResNetOptions()
+              .in_channels(sizes[1])
+              .widths(recipe_.get<std::vector<int64_t>>("model.widths"))
+              .blocks_per_stage(
+                  recipe_.get<int64_t>("model.blocks_per_stage", 1))
+              .classes(classes));
+    } else {
+      recipe_.fail_at(
+          "model.type",
+          "'" + type + "' does not classify images; expected mlp or resnet");
+    }
+    model->to(device_);
+    return model;
+  }
+
+  Output forward(torch::nn::Module& model, const torch::Tensor& inputs)
+      const override {
+    auto& classifier = dynamic_cast<models::ImageClassifier&>(model);
+    Output out;
+    out.features = classifier.features(inputs);
+    out.logits = classifier.classify(out.features);
+    return out;
+  }
+
+  torch::Tensor loss(const Output& output, const Batch& batch) const override {
+    return cross_entropy(output.logits, batch.targets);
+  }
+
+  Batch train_batch(int64_t index) const override {
+    const int64_t epoch = index / per_epoch_;
+    if (epoch != cached_epoch_) {
+      epoch_batches_ = data::batch_indices(
+          train_.size(), batch_size_, true, seed_ * 1000003 + epoch, true);
+      cached_epoch_ = epoch;
+    }
+    return take(train_, epoch_batches_[index % per_epoch_]);
+  }
+
+  Batch calibration_batch(int64_t index) const override {
+    if (calibration_order_.empty())
+      calibration_order_ = data::batch_indices(
+          train_.size(), batch_size_, true, seed_ + 7, true);
+    return take(train_, calibration_order_[index % calibration_order_.size()]);
+  }
+
+  Metrics evaluate(torch::nn::Module& model, Split split) const override {
+    const auto& d = split == Split::test ? test_ : validation_;
+    Totals t;
+    for (const auto& idx :
+         data::batch_indices(d.size(), eval_batch_size_, false, 0)) {
+      const Batch b = take(d, idx);
+      const auto logits = forward(model, b.inputs).logits.to(torch::kFloat);
+      t.loss +=
+          cross_entropy(logits, b.targets).item<double>() * b.targets.size(0);
+      t.correct += logits.argmax(1).eq(b.targets).sum().item<double>();
+      t.count += b.targets.size(0);
+    }
+    return {
+        {"accuracy", 100.0 * t.correct / t.count}, {"loss", t.loss / t.count}};
+  }
+
+  const char* metric() const override {
+    return "accuracy";
+  }
+
+ private:
+  Batch take(const data::ImageDataset& d, const torch::Tensor& idx) const {
+    const auto i = idx.to(device_);
+    return {d.images.index_select(0, i), d.labels.index_select(0, i)};
+  }
+
+  const Recipe& recipe_;
+  torch::Device device_;
+  uint64_t seed_;
+  int64_t batch_size_, eval_batch_size_, per_epoch_;
+  data::ImageDataset train_, validation_, test_;
+  mutable std::vector<torch::Tensor> epoch_batches_, calibration_order_;
+  mutable int64_t cached_epoch_ = -1;
+};
+
+class TextTask final : public Task {
+ public:
+  TextTask(const Recipe& recipe, torch::Device device, uint64_t seed)
+      : recipe_(recipe), device_(device), seed_(seed) {
+    batch_size_ = recipe.get<int64_t>("data.batch_size");
+    context_ = recipe.get<int64_t>("data.context");
+    eval_windows_ = recipe.get<int64_t>("data.eval_windows", 256);
+    // Held-out text: its first half validates, its second half tests.
+    const auto kjv = data::load_kjv(recipe.get<double>("data.held_out", 0.05));
+    train_ = kjv.train.to(device);
+    const int64_t half = kjv.validation.numel() / 2;
+    validation_ = kjv.validation.narrow(0, 0, half).to(device);
+    test_ = kjv.validation.narrow(0, half, kjv.validation.numel() - half)
+                .to(device);
+    std::printf(
+        "data: kjv, %lld train / %lld validation / %lld test bytes, context %lld\n",
+        static_cast<long long>(train_.numel()),
+        static_cast<long long>(validation_.numel()),
+        static_cast<long long>(test_.numel()),
+        static_cast<long long>(context_));
+  }
+
+  Model build_model() const override {
+    const auto type = recipe_.get<std::string>("model.type");
+    if (type != "llama")
+      recipe_.fail_at(
+          "model.type", "'" + type + "' is no language model; expected llama");
+    auto config =
+        models::LlamaConfig()
+            .vocab_size(data::ByteTokenizer::kVocabSize)
+            .hidden_size(recipe_.get<int64_t>("model.hidden_size"))
+            .intermediate_size(recipe_.get<int64_t>("model.intermediate_size"))
+            .num_hidden_layers(recipe_.get<int64_t>("model.num_hidden_layers"))
+            .num_attention_heads(
+                recipe_.get<int64_t>("model.num_attention_heads"))
+            .num_key_value_heads(
+                recipe_.get<int64_t>("model.num_key_value_heads"))
+            .max_position_embeddings(context_);
+    try {
+      config.validate();
+    } catch (const std::exception& e) {
+      recipe_.fail_at("model", e.what());
+    }
+    Model model = std::make_shared<models::LlamaForCausalLMImpl>(config);
+    model->to(device_);
+    return model;
+  }
+
+  Output forward(torch::nn::Module& model, const torch::Tensor& inputs)
+      const override {
+    auto& lm = dynamic_cast<models::LlamaForCausalLMImpl&>(model);
+    Output out;
+    out.features = lm.model(inputs);
+    out.logits = lm.head(out.features);
+    return out;
+  }
+
+  torch::Tensor loss(const Output& output, const Batch& batch) const override {
+    return cross_entropy(output.logits, batch.targets);
+  }
+
+  Batch train_batch(int64_t index) const override {
+    return split_window(data::sample_windows(
+        train_,
+        batch_size_,
+        context_,
+        seed_ * 1000003 + static_cast<uint64_t>(index)));
+  }
+
+  Batch calibration_batch(int64_t index) const override {
+    return split_window(data::sample_windows(
+        train_,
+        batch_size_,
+        context_,
+        seed_ + 7919 + static_cast<uint64_t>(index)));
+  }
+
+  // Perplexity per byte over consecutive windows of the split (each byte
+  // predicted once, with up to `context` bytes before it in its window).
+  Metrics evaluate(torch::nn::Module& model, Split split) const override {
+    const auto& tokens = split == Split::test ? test_ : validation_;
+    const int64_t windows =
+        std::min(eval_windows_, (tokens.numel() - 1) / context_);
+    Totals t;
+    for (int64_t begin = 0; begin < windows; begin += batch_size_) {
+      const int64_t n = std::min(batch_size_, windows - begin);
+      const auto block = tokens.narrow(0, begin * context_, n * context_ + 1);
+      const auto inputs = block.narrow(0, 0, n * context_).view({n, context_});
+      const auto targets = block.narrow(0, 1, n * context_).view({n, context_});
+      t.loss += loss(forward(model, inputs), {inputs, targets}).item<double>() *
+          static_cast<double>(n * context_);
+      t.count += static_cast<double>(n * context_);
+    }
+    const double mean = t.loss / t.count;
+    return {{"perplexity", std::exp(mean)}, {"loss", mean}};
+  }
+
+  const char* metric() const override {
+    return "perplexity";
+  }
+
+ private:
+  Batch split_window(const torch::Tensor& windows) const {
+    const auto w = windows.to(device_);
+    return {w.narrow(1, 0, context_), w.narrow(1, 1, context_)};
+  }
+
+  const Recipe& recipe_;
+  torch::Device device_;
+  uint64_t seed_;
+  int64_t batch_size_, context_, eval_windows_;
+  torch::Tensor train_, validation_, test_;
+};
+
+} // namespace
+
+std::unique_ptr<Task> make_task(
+    const Recipe& recipe,
+    torch::Device device,
+    uint64_t seed) {
+  const auto name = recipe.get<std::string>("data.name");
+  if (name == "fashion_mnist" || name == "digits")
+    return std::make_unique<ImageTask>(recipe, device, seed);
+  if (name == "kjv")
+    return std::make_unique<TextTask>(recipe, device, seed);
+  recipe.fail_at(
+      "data.name",
+      "unknown data set '" + name + "'; expected fashion_mnist, digits or kjv");
+}
+
+} // namespace qat::train

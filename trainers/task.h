@@ -1,0 +1,67 @@
+// What a job trains and measures, behind one interface so that the trainer's
+// loop, checkpoints and reports serve every kind of model:
+//
+//   images   data.name fashion_mnist | digits, model.type mlp | resnet;
+//            cross-entropy on labels, accuracy (%)
+//   text     data.name kjv (bytes of the King James Bible), model.type
+//            llama; next-token cross-entropy, perplexity (per byte)
+//
+// Batches are a function of (run.seed, index) alone, so a resumed run sees
+// the same batches as an uninterrupted one.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "trainers/recipe.h"
+
+namespace qat::train {
+
+using Metrics = std::map<std::string, double>;
+using Model = std::shared_ptr<torch::nn::Module>;
+
+struct Batch {
+  torch::Tensor inputs, targets;
+};
+
+// A forward pass: logits, and the hidden state that the head reads (what
+// distillation by MSE matches).
+struct Output {
+  torch::Tensor logits, features;
+};
+
+enum class Split { validation, test };
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // A fresh model (float until prepared) on the task's device.
+  virtual Model build_model() const = 0;
+  virtual Output forward(torch::nn::Module& model, const torch::Tensor& inputs)
+      const = 0;
+  // The mean cross-entropy of `output` against the batch's targets.
+  virtual torch::Tensor loss(const Output& output, const Batch& batch)
+      const = 0;
+  // The index-th training batch, and the ones calibration runs.
+  virtual Batch train_batch(int64_t index) const = 0;
+  virtual Batch calibration_batch(int64_t index) const = 0;
+  // {metric(): ..., "loss": mean cross-entropy} over the whole split.
+  virtual Metrics evaluate(torch::nn::Module& model, Split split) const = 0;
+  // "accuracy" (%, higher is better) or "perplexity" (lower is better).
+  virtual const char* metric() const = 0;
+  bool higher_is_better() const {
+    return std::string(metric()) == "accuracy";
+  }
+};
+
+// The task the recipe's data and model sections describe, its data loaded
+// onto `device`.
+std::unique_ptr<Task> make_task(
+    const recipe::Recipe& recipe,
+    torch::Device device,
+    uint64_t seed);
+
+} // namespace qat::train
