@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bandwidth_table.h"
 #include "ops/ops.h"
 
 namespace {
@@ -84,32 +85,6 @@ std::vector<double> time_interleaved(
   return medians;
 }
 
-struct Row {
-  std::string name;
-  double ours_ms, aten_ms, copy_ms; // copy_ms: x.clone() scaled to `bytes`
-  double bytes;                     // moved by one call of the op
-};
-
-void print(const std::vector<Row>& rows) {
-  std::printf(
-      "| case | qat ms | ATen ms | copy ms | qat GB/s | copy GB/s | qat vs ATen | qat / copy bandwidth |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  for (const Row& r : rows) {
-    const double ours_bw = r.bytes / r.ours_ms / 1e6;
-    const double copy_bw = r.bytes / r.copy_ms / 1e6;
-    std::printf(
-        "| %s | %.3f | %.3f | %.3f | %.0f | %.0f | %.2fx | %.0f%% |\n",
-        r.name.c_str(),
-        r.ours_ms,
-        r.aten_ms,
-        r.copy_ms,
-        ours_bw,
-        copy_bw,
-        r.aten_ms / r.ours_ms,
-        100.0 * ours_bw / copy_bw);
-  }
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -129,7 +104,7 @@ int main(int argc, char** argv) {
 
   constexpr int64_t kGroup = 128;
   constexpr double kFp8Max = 448.0;
-  std::vector<Row> rows;
+  std::vector<qat::bench::Row> rows;
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
     const char* type_name = dtype == torch::kFloat ? "fp32" : "bf16";
     torch::manual_seed(0);
@@ -244,6 +219,6 @@ int main(int argc, char** argv) {
           at::fake_quantize_per_tensor_affine_cachemask_backward(dy, mask);
         });
   }
-  print(rows);
+  qat::bench::print_bandwidth_table(rows, 3);
   return 0;
 }

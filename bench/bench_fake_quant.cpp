@@ -1,9 +1,9 @@
-// Fake-quant throughput on CPU (and CUDA when present): qat's kernels, ATen's
-// fake-quant ops and a plain copy of the same bytes, measured in one run,
-// printed as a Markdown table with ratios.
+// Fake-quant throughput on CPU: qat's kernels, ATen's fake-quant ops and a
+// plain copy of the same bytes, measured in one run, printed as a Markdown
+// table with ratios (bench_cuda_fake_quant does the same on a GPU).
 //
 //   bench_fake_quant [--rows 4096] [--cols 4096] [--reps 15]
-//                    [--device cpu|cuda] [--fresh-pages 0|1]
+//                    [--fresh-pages 0|1]
 //
 // glibc returns every block above 32 MB to the kernel on free, so each op call
 // would pay for page faults on its 64 MB output (ATen's and ours alike) and the
@@ -27,13 +27,13 @@
 #include <string>
 #include <vector>
 
+#include "bench/bandwidth_table.h"
 #include "ops/ops.h"
 
 namespace {
 
 struct Args {
   int64_t rows = 4096, cols = 4096, reps = 15;
-  std::string device = "cpu";
   bool fresh_pages = false;
 };
 
@@ -47,15 +47,13 @@ Args parse(int argc, char** argv) {
       a.cols = std::stoll(value);
     else if (key == "--reps")
       a.reps = std::stoll(value);
-    else if (key == "--device")
-      a.device = value;
     else if (key == "--fresh-pages")
       a.fresh_pages = value == "1";
     else {
       std::fprintf(
           stderr,
           "unknown argument %s\nusage: %s [--rows N] [--cols N] [--reps N] "
-          "[--device cpu|cuda] [--fresh-pages 0|1]\n",
+          "[--fresh-pages 0|1]\n",
           argv[i],
           argv[0]);
       std::exit(2);
@@ -69,19 +67,12 @@ Args parse(int argc, char** argv) {
 // machine: on a shared VM the noise moves between seconds, not within a round.
 std::vector<double> time_interleaved(
     const std::vector<std::function<void()>>& fns,
-    int64_t reps,
-    bool cuda) {
-  auto sync = [&] {
-    if (cuda)
-      torch::cuda::synchronize();
-  };
+    int64_t reps) {
   std::vector<std::vector<double>> samples(fns.size());
   for (int64_t round = -2; round < reps; ++round) {
     for (size_t f = 0; f < fns.size(); ++f) {
-      sync();
       const auto start = std::chrono::steady_clock::now();
       fns[f]();
-      sync();
       const double ms = std::chrono::duration<double, std::milli>(
                             std::chrono::steady_clock::now() - start)
                             .count();
@@ -97,33 +88,6 @@ std::vector<double> time_interleaved(
   return medians;
 }
 
-struct Row {
-  std::string name;
-  double ours_ms, aten_ms, copy_ms;
-  double bytes; // moved by one call of ours / ATen's op
-  // copy_ms is x.clone()'s time scaled to `bytes`.
-};
-
-void print(const std::vector<Row>& rows) {
-  std::printf(
-      "| case | qat ms | ATen ms | copy ms | qat GB/s | copy GB/s | qat vs ATen | qat / copy bandwidth |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  for (const Row& r : rows) {
-    const double ours_bw = r.bytes / r.ours_ms / 1e6;
-    const double copy_bw = r.bytes / r.copy_ms / 1e6;
-    std::printf(
-        "| %s | %.2f | %.2f | %.2f | %.1f | %.1f | %.2fx | %.0f%% |\n",
-        r.name.c_str(),
-        r.ours_ms,
-        r.aten_ms,
-        r.copy_ms,
-        ours_bw,
-        copy_bw,
-        r.aten_ms / r.ours_ms,
-        100.0 * ours_bw / copy_bw);
-  }
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -133,27 +97,19 @@ int main(int argc, char** argv) {
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     mallopt(M_TOP_PAD, 256 << 20);
   }
-  const bool cuda = args.device == "cuda";
-  if (cuda && !torch::cuda::is_available()) {
-    std::fprintf(stderr, "--device cuda: no CUDA device available\n");
-    return 1;
-  }
-  const torch::Device device =
-      cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   std::printf(
-      "fake-quant benchmark: %lld x %lld, %s, %d threads, median of %lld\n\n",
+      "fake-quant benchmark: %lld x %lld, CPU, %d threads, median of %lld\n\n",
       static_cast<long long>(args.rows),
       static_cast<long long>(args.cols),
-      cuda ? "CUDA" : "CPU",
       at::get_num_threads(),
       static_cast<long long>(args.reps));
 
   constexpr int64_t kGroup = 128;
-  std::vector<Row> rows;
+  std::vector<qat::bench::Row> rows;
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
     const char* type_name = dtype == torch::kFloat ? "fp32" : "bf16";
     torch::manual_seed(0);
-    const auto opts = torch::TensorOptions().device(device);
+    const auto opts = torch::TensorOptions();
     const auto x = torch::randn({args.rows, args.cols}, opts).to(dtype);
     const auto dy = torch::randn({args.rows, args.cols}, opts).to(dtype);
     const double n = static_cast<double>(x.numel()),
@@ -167,8 +123,8 @@ int main(int argc, char** argv) {
     auto measure = [&](const std::string& name,
                        const std::function<void()>& ours,
                        const std::function<void()>& aten) {
-      const auto ms = time_interleaved(
-          {ours, aten, [&] { (void)x.clone(); }}, args.reps, cuda);
+      const auto ms =
+          time_interleaved({ours, aten, [&] { (void)x.clone(); }}, args.reps);
       rows.push_back(
           {name + " " + type_name, ms[0], ms[1], ms[2] * copy_scale, op_bytes});
     };
@@ -217,6 +173,6 @@ int main(int argc, char** argv) {
           at::fake_quantize_per_tensor_affine_cachemask_backward(dy, mask);
         });
   }
-  print(rows);
+  qat::bench::print_bandwidth_table(rows, 2);
   return 0;
 }

@@ -327,39 +327,36 @@ struct Job::State {
     }
     // Quantizer parameters (LSQ scales, PACT clips) get their own learning
     // rate and no weight decay: decay would shrink the scales.
-    std::vector<torch::optim::OptimizerParamGroup> groups;
     base_lrs = {c.lr};
-    if (c.optimizer == "sgd") {
-      auto options = torch::optim::SGDOptions(c.lr)
-                         .momentum(c.momentum)
-                         .nesterov(c.nesterov)
-                         .weight_decay(c.weight_decay);
-      groups.emplace_back(
-          weights, std::make_unique<torch::optim::SGDOptions>(options));
+    if (!quantizer.empty())
+      base_lrs.push_back(c.quantizer_lr);
+    const auto grouped = [&](auto options, auto* optimizer_type) {
+      using Options = decltype(options);
+      using Optimizer = std::remove_pointer_t<decltype(optimizer_type)>;
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(weights, std::make_unique<Options>(options));
       if (!quantizer.empty()) {
         auto q = options;
         groups.emplace_back(
             quantizer,
-            std::make_unique<torch::optim::SGDOptions>(
-                q.lr(c.quantizer_lr).weight_decay(0)));
-        base_lrs.push_back(c.quantizer_lr);
+            std::make_unique<Options>(q.lr(c.quantizer_lr).weight_decay(0)));
       }
-      return std::make_unique<torch::optim::SGD>(groups, options);
+      return std::unique_ptr<torch::optim::Optimizer>(
+          std::make_unique<Optimizer>(groups, options));
+    };
+    if (c.optimizer == "sgd") {
+      return grouped(
+          torch::optim::SGDOptions(c.lr)
+              .momentum(c.momentum)
+              .nesterov(c.nesterov)
+              .weight_decay(c.weight_decay),
+          static_cast<torch::optim::SGD*>(nullptr));
     }
-    auto options = torch::optim::AdamWOptions(c.lr)
-                       .betas({c.beta1, c.beta2})
-                       .weight_decay(c.weight_decay);
-    groups.emplace_back(
-        weights, std::make_unique<torch::optim::AdamWOptions>(options));
-    if (!quantizer.empty()) {
-      auto q = options;
-      groups.emplace_back(
-          quantizer,
-          std::make_unique<torch::optim::AdamWOptions>(
-              q.lr(c.quantizer_lr).weight_decay(0)));
-      base_lrs.push_back(c.quantizer_lr);
-    }
-    return std::make_unique<torch::optim::AdamW>(groups, options);
+    return grouped(
+        torch::optim::AdamWOptions(c.lr)
+            .betas({c.beta1, c.beta2})
+            .weight_decay(c.weight_decay),
+        static_cast<torch::optim::AdamW*>(nullptr));
   }
 
   void apply_qat_schedule(
