@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/bandwidth_table.h"
+#include "bench/bench_common.h"
 #include "ops/ops.h"
 
 namespace {
@@ -33,26 +33,13 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string key = argv[i], value = argv[i + 1];
-    if (key == "--rows")
-      a.rows = std::stoll(value);
-    else if (key == "--cols")
-      a.cols = std::stoll(value);
-    else if (key == "--iters")
-      a.iters = std::stoll(value);
-    else if (key == "--reps")
-      a.reps = std::stoll(value);
-    else {
-      std::fprintf(
-          stderr,
-          "unknown argument %s\nusage: %s [--rows N] [--cols N] [--iters N] "
-          "[--reps N]\n",
-          argv[i],
-          argv[0]);
-      std::exit(2);
-    }
-  }
+  qat::bench::parse_flags(
+      argc,
+      argv,
+      {{"--rows", &a.rows},
+       {"--cols", &a.cols},
+       {"--iters", &a.iters},
+       {"--reps", &a.reps}});
   return a;
 }
 
@@ -77,12 +64,7 @@ std::vector<double> time_interleaved(
         samples[f].push_back(start.elapsed_time(stop) / iters);
     }
   }
-  std::vector<double> medians;
-  for (auto& s : samples) {
-    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
-    medians.push_back(s[s.size() / 2]);
-  }
-  return medians;
+  return qat::bench::medians(std::move(samples));
 }
 
 } // namespace

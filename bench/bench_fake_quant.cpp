@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/bandwidth_table.h"
+#include "bench/bench_common.h"
 #include "ops/ops.h"
 
 namespace {
@@ -39,26 +39,15 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string key = argv[i], value = argv[i + 1];
-    if (key == "--rows")
-      a.rows = std::stoll(value);
-    else if (key == "--cols")
-      a.cols = std::stoll(value);
-    else if (key == "--reps")
-      a.reps = std::stoll(value);
-    else if (key == "--fresh-pages")
-      a.fresh_pages = value == "1";
-    else {
-      std::fprintf(
-          stderr,
-          "unknown argument %s\nusage: %s [--rows N] [--cols N] [--reps N] "
-          "[--fresh-pages 0|1]\n",
-          argv[i],
-          argv[0]);
-      std::exit(2);
-    }
-  }
+  int64_t fresh_pages = 0;
+  qat::bench::parse_flags(
+      argc,
+      argv,
+      {{"--rows", &a.rows},
+       {"--cols", &a.cols},
+       {"--reps", &a.reps},
+       {"--fresh-pages", &fresh_pages}});
+  a.fresh_pages = fresh_pages == 1;
   return a;
 }
 
@@ -80,12 +69,7 @@ std::vector<double> time_interleaved(
         samples[f].push_back(ms);
     }
   }
-  std::vector<double> medians;
-  for (auto& s : samples) {
-    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
-    medians.push_back(s[s.size() / 2]);
-  }
-  return medians;
+  return qat::bench::medians(std::move(samples));
 }
 
 } // namespace
