@@ -365,6 +365,42 @@ TEST_F(JobTest, ANanLossStopsTheRunAndKeepsTheLastGoodCheckpoint) {
     EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
 }
 
+// Two micro-batches of 32 accumulate the gradient of one batch of 64 (the
+// same examples: batches are slices of one permutation per epoch).
+TEST_F(JobTest, GradientAccumulationEqualsTheLargerBatch) {
+  const auto once = digits(
+      "once",
+      {"data.batch_size=64",
+       "trainer.float.steps=18",
+       "trainer.float.schedule.warmup=2"});
+  const auto twice = digits(
+      "twice",
+      {"data.batch_size=32",
+       "+trainer.float.accumulate=2",
+       "trainer.float.steps=18",
+       "trainer.float.schedule.warmup=2"});
+  run(once, {}, {"float"});
+  run(twice, {}, {"float"});
+  const auto a = final_of("once", "float"), b = final_of("twice", "float");
+  ASSERT_EQ(a.model.size(), b.model.size());
+  for (size_t i = 0; i < a.model.size(); ++i) {
+    EXPECT_TRUE(
+        torch::allclose(a.model[i].second, b.model[i].second, 1e-4, 1e-6))
+        << a.model[i].first << ": "
+        << (a.model[i].second - b.model[i].second).abs().max().item<float>();
+  }
+  // And the check can fail: without accumulation the steps see half the data.
+  const auto half = digits(
+      "half",
+      {"data.batch_size=32",
+       "trainer.float.steps=18",
+       "trainer.float.schedule.warmup=2"});
+  run(half, {}, {"float"});
+  const auto c = final_of("half", "float");
+  EXPECT_FALSE(
+      torch::allclose(a.model[0].second, c.model[0].second, 1e-4, 1e-6));
+}
+
 TEST_F(JobTest, LanguageModelsReportPerplexity) {
   const auto recipe = Recipe::load(
       kRecipes + "/kjv.yaml",
