@@ -14,14 +14,36 @@
 //                      (one forward), "cached_logits" (the first half in one
 //                      forward, then one token at a time through the KV cache)
 //                      and "generated" (8 greedy tokens after the tokens)
+//   gguf-read IN OUT   read the GGUF file IN with qat's reader; write each
+//                      tensor NAME dequantized (float32) and its stored bytes
+//                      as NAME.raw, and its type in the metadata
+//   gguf-export TOKENIZER_GGUF OUT_GGUF OUT
+//                      a small random decoder, Linear layers prepared as
+//                      gguf_q4_0 and the embedding as gguf_q8_0, converted and
+//                      saved as GGUF (with TOKENIZER_GGUF's tokenizer); OUT
+//                      holds every weight as the converted model serves it,
+//                      by Hugging Face name, and "tokens" / "logits" of one
+//                      forward
+//   tokenize GGUF TEXT OUT
+//                      qat's BPE ids of each line of the file TEXT ("line.N",
+//                      int64) and of the whole text ("all")
 #include <cstdio>
 #include <exception>
+#include <map>
 #include <string>
+
+#include <fstream>
+#include <sstream>
 
 #include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
+#include "qat/convert.h"
+#include "qat/export/gguf.h"
 #include "qat/export/safetensors.h"
+#include "qat/prepare.h"
+#include "trainers/data/bpe.h"
 #include "trainers/models/llama.h"
+#include "trainers/models/llama_gguf.h"
 #include "trainers/models/weights.h"
 
 namespace {
@@ -82,17 +104,105 @@ void llama(const std::string& dir, const char* in_path, const char* out_path) {
        {"generated", lm->generate(tokens, 8)}});
 }
 
+void gguf_read(const char* in_path, const char* out_path) {
+  const auto file = qat::gguf::File::read(in_path);
+  Tensors out;
+  std::map<std::string, std::string> types;
+  for (const auto& t : file.tensors()) {
+    out.emplace_back(t.name, file.dequantize(t.name));
+    out.emplace_back(t.name + ".raw", file.raw(t.name));
+    types[t.name] = qat::gguf::type_name(t.type);
+  }
+  qat::safetensors::write(out_path, out, types);
+}
+
+void gguf_export(
+    const char* tokenizer_path,
+    const char* gguf_path,
+    const char* out_path) {
+  using namespace qat::models;
+  const auto tokenizer = qat::gguf::File::read(tokenizer_path);
+  torch::manual_seed(0);
+  const auto config =
+      LlamaConfig()
+          .vocab_size(tokenizer.get("tokenizer.ggml.tokens").as_array().size())
+          .hidden_size(64)
+          .intermediate_size(160)
+          .num_hidden_layers(2)
+          .num_attention_heads(4)
+          .num_key_value_heads(2)
+          .max_position_embeddings(128);
+  LlamaForCausalLM lm(config);
+  qat::prepare(
+      *lm,
+      {{qat::QuantRule::quantize("*", qat::preset("gguf_q4_0"), "Linear"),
+        qat::QuantRule::quantize("*", qat::preset("gguf_q8_0"), "Embedding")}});
+  qat::convert(*lm);
+  save_llama_gguf(*lm, gguf_path, "qat conformance", &tokenizer);
+  Tensors out;
+  for (const auto& p : lm->named_parameters()) {
+    const std::string layer = p.key().substr(0, p.key().rfind('.'));
+    const auto quantized = qat::quantized_weights(*lm);
+    const auto it = quantized.find(layer);
+    out.emplace_back(
+        p.key(),
+        it != quantized.end() && p.key().size() > 7 &&
+                p.key().compare(p.key().size() - 7, 7, ".weight") == 0
+            ? it->second->dequantize().view(p.value().sizes())
+            : p.value().detach());
+  }
+  torch::NoGradGuard no_grad;
+  lm->eval();
+  const auto tokens =
+      torch::randint(config.vocab_size(), {1, 12}, torch::kLong);
+  out.emplace_back("tokens", tokens);
+  out.emplace_back("logits", lm(tokens));
+  qat::safetensors::write(out_path, out);
+}
+
+void tokenize(
+    const char* gguf_path,
+    const char* text_path,
+    const char* out_path) {
+  const auto tokenizer =
+      qat::data::BpeTokenizer::from_gguf(qat::gguf::File::read(gguf_path));
+  std::ifstream in(text_path);
+  std::stringstream all;
+  all << in.rdbuf();
+  const std::string text = all.str();
+  const auto to_tensor = [](const std::vector<int64_t>& ids) {
+    return torch::tensor(ids, torch::kLong);
+  };
+  Tensors out{{"all", to_tensor(tokenizer.encode(text))}};
+  std::istringstream lines(text);
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n)
+    out.emplace_back(
+        "line." + std::to_string(n), to_tensor(tokenizer.encode(line)));
+  qat::safetensors::write(out_path, out);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
-  const bool known =
-      command == "roundtrip" || command == "gguf" || command == "llama";
-  if (!known || argc != (command == "llama" ? 5 : 4)) {
+  const std::map<std::string, int> arguments = {
+      {"roundtrip", 2},
+      {"gguf", 2},
+      {"llama", 3},
+      {"gguf-read", 2},
+      {"gguf-export", 3},
+      {"tokenize", 3}};
+  const auto it = arguments.find(command);
+  if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
         stderr,
-        "usage: %s roundtrip|gguf IN.safetensors OUT.safetensors\n"
-        "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n",
+        "usage: %s roundtrip|gguf|gguf-read IN OUT\n"
+        "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n"
+        "       %s gguf-export TOKENIZER_GGUF OUT_GGUF OUT.safetensors\n"
+        "       %s tokenize GGUF TEXT OUT.safetensors\n",
+        argv[0],
+        argv[0],
         argv[0],
         argv[0]);
     return 2;
@@ -102,8 +212,14 @@ int main(int argc, char** argv) {
       roundtrip(argv[2], argv[3]);
     else if (command == "gguf")
       gguf(argv[2], argv[3]);
-    else
+    else if (command == "llama")
       llama(argv[2], argv[3], argv[4]);
+    else if (command == "gguf-read")
+      gguf_read(argv[2], argv[3]);
+    else if (command == "gguf-export")
+      gguf_export(argv[2], argv[3], argv[4]);
+    else
+      tokenize(argv[2], argv[3], argv[4]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -1,0 +1,225 @@
+#include "trainers/models/llama_gguf.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <regex>
+
+#include "qat/convert.h"
+
+namespace qat::models {
+namespace {
+
+// llama.cpp stores Q and K with the two halves of each head's rotary pairs
+// interleaved (its RoPE rotates adjacent elements; ours rotates halves):
+// rows [head, half, i] of ours are rows [head, i, half] of the file. This
+// moves whole rows, so it applies to float rows and to rows of GGUF blocks.
+torch::Tensor to_llama_cpp_rows(const torch::Tensor& rows, int64_t heads) {
+  const auto n = rows.size(0);
+  return rows.reshape({heads, 2, n / heads / 2, -1})
+      .transpose(1, 2)
+      .reshape(rows.sizes());
+}
+torch::Tensor from_llama_cpp_rows(const torch::Tensor& rows, int64_t heads) {
+  const auto n = rows.size(0);
+  return rows.reshape({heads, n / heads / 2, 2, -1})
+      .transpose(1, 2)
+      .reshape(rows.sizes());
+}
+
+// Heads of a permuted projection, 0 for the others.
+int64_t rotary_heads(const std::string& hf_name, const LlamaConfig& c) {
+  if (hf_name.find("self_attn.q_proj.") != std::string::npos)
+    return c.num_attention_heads();
+  if (hf_name.find("self_attn.k_proj.") != std::string::npos)
+    return c.num_key_value_heads();
+  return 0;
+}
+
+} // namespace
+
+std::string gguf_tensor_name(const std::string& hf_name) {
+  static const std::vector<std::pair<std::string, std::string>> layer_names = {
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"},
+  };
+  if (hf_name == "model.embed_tokens.weight")
+    return "token_embd.weight";
+  if (hf_name == "model.norm.weight")
+    return "output_norm.weight";
+  if (hf_name == "lm_head.weight")
+    return "output.weight";
+  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(hf_name, m, layer)) {
+    for (const auto& [ours, theirs] : layer_names)
+      if (m[2] == ours)
+        return "blk." + m[1].str() + "." + theirs;
+  }
+  return "";
+}
+
+LlamaConfig llama_config_from_gguf(const gguf::File& f) {
+  const auto arch = f.get("general.architecture").as_string();
+  if (arch != "llama") {
+    throw gguf::GgufError(
+        "GGUF file '" + f.path() + "': architecture '" + arch +
+        "', expected llama");
+  }
+  const auto u = [&](const std::string& key) {
+    return f.get("llama." + key).as_int();
+  };
+  const int64_t hidden = u("embedding_length"),
+                heads = u("attention.head_count");
+  auto c = LlamaConfig()
+               .vocab_size(
+                   f.has("llama.vocab_size")
+                       ? u("vocab_size")
+                       : f.info("token_embd.weight").shape.at(0))
+               .hidden_size(hidden)
+               .intermediate_size(u("feed_forward_length"))
+               .num_hidden_layers(u("block_count"))
+               .num_attention_heads(heads)
+               .num_key_value_heads(
+                   f.has("llama.attention.head_count_kv")
+                       ? u("attention.head_count_kv")
+                       : heads)
+               .head_dim(hidden / heads)
+               .max_position_embeddings(u("context_length"))
+               .rope_theta(
+                   f.has("llama.rope.freq_base")
+                       ? f.get("llama.rope.freq_base").as_float()
+                       : 10000.0)
+               .rms_norm_eps(
+                   f.get("llama.attention.layer_norm_rms_epsilon").as_float())
+               .tie_word_embeddings(!f.has("output.weight"));
+  if (f.has("llama.rope.scaling.type") &&
+      f.get("llama.rope.scaling.type").as_string() != "none") {
+    throw gguf::GgufError(
+        "GGUF file '" + f.path() +
+        "': rope scaling is not supported by this decoder");
+  }
+  c.validate();
+  return c;
+}
+
+LlamaForCausalLM load_llama_gguf(const gguf::File& f) {
+  const auto config = llama_config_from_gguf(f);
+  LlamaForCausalLM model(config);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    const auto name = gguf_tensor_name(p.key());
+    if (name.empty())
+      throw gguf::GgufError("no GGUF name for parameter " + p.key());
+    auto value = f.dequantize(name);
+    if (const int64_t heads = rotary_heads(p.key(), config))
+      value = from_llama_cpp_rows(value, heads);
+    if (value.sizes() != p.value().sizes()) {
+      std::ostringstream s;
+      s << "GGUF file '" << f.path() << "': " << name << " has shape "
+        << value.sizes() << ", the model's " << p.key() << " "
+        << p.value().sizes();
+      throw gguf::GgufError(s.str());
+    }
+    p.value().copy_(value);
+  }
+  return model;
+}
+
+GgufExportReport save_llama_gguf(
+    LlamaForCausalLMImpl& model,
+    const std::string& path,
+    const std::string& name,
+    const gguf::File* tokenizer_source) {
+  const auto& c = model.config();
+  gguf::Writer w;
+  using gguf::Value;
+  w.set("general.architecture", Value::of(std::string("llama")));
+  w.set("general.name", Value::of(name));
+  w.set("general.alignment", Value::of(uint32_t{32}));
+  w.set("llama.vocab_size", Value::of(static_cast<uint32_t>(c.vocab_size())));
+  w.set(
+      "llama.context_length",
+      Value::of(static_cast<uint32_t>(c.max_position_embeddings())));
+  w.set(
+      "llama.embedding_length",
+      Value::of(static_cast<uint32_t>(c.hidden_size())));
+  w.set(
+      "llama.feed_forward_length",
+      Value::of(static_cast<uint32_t>(c.intermediate_size())));
+  w.set(
+      "llama.block_count",
+      Value::of(static_cast<uint32_t>(c.num_hidden_layers())));
+  w.set(
+      "llama.attention.head_count",
+      Value::of(static_cast<uint32_t>(c.num_attention_heads())));
+  w.set(
+      "llama.attention.head_count_kv",
+      Value::of(static_cast<uint32_t>(c.num_key_value_heads())));
+  w.set(
+      "llama.rope.dimension_count",
+      Value::of(static_cast<uint32_t>(c.attention_head_dim())));
+  w.set("llama.rope.freq_base", Value::of(static_cast<float>(c.rope_theta())));
+  w.set(
+      "llama.attention.layer_norm_rms_epsilon",
+      Value::of(static_cast<float>(c.rms_norm_eps())));
+  if (tokenizer_source) {
+    for (const auto& [key, value] : tokenizer_source->metadata())
+      if (key.rfind("tokenizer.", 0) == 0)
+        w.set(key, value);
+  }
+
+  const auto quantized = quantized_weights(model);
+  GgufExportReport report;
+  for (const auto& p : model.named_parameters()) {
+    if (p.key().find("_quantizer.") != std::string::npos)
+      continue;
+    const auto gguf_name = gguf_tensor_name(p.key());
+    if (gguf_name.empty())
+      throw gguf::GgufError(
+          "save_llama_gguf: no GGUF name for parameter " + p.key());
+    const int64_t heads = rotary_heads(p.key(), c);
+    const auto shape = p.value().sizes().vec();
+    report.float_bytes += p.value().numel() * 4;
+    const std::string layer = p.key().substr(0, p.key().rfind('.'));
+    const auto it = quantized.find(layer);
+    if (it != quantized.end() && p.key().size() > 7 &&
+        p.key().compare(p.key().size() - 7, 7, ".weight") == 0) {
+      const QuantizedWeight& q = *it->second;
+      const char* rule = q.spec.gguf_name();
+      if (!rule) {
+        throw gguf::GgufError(
+            "save_llama_gguf: " + layer + " is quantized as " +
+            q.spec.to_string() +
+            ", which GGUF cannot store; use a gguf_q8_0 / gguf_q4_0 scheme");
+      }
+      auto rows = q.data.reshape({shape[0], -1});
+      if (heads)
+        rows = to_llama_cpp_rows(rows, heads);
+      w.add_tensor(
+          gguf_name,
+          std::string(rule) == "q8_0" ? gguf::TensorType::q8_0
+                                      : gguf::TensorType::q4_0,
+          shape,
+          rows);
+      ++report.quantized_tensors;
+      continue;
+    }
+    auto values = p.value().detach().to(torch::kCPU, torch::kFloat);
+    if (heads)
+      values = to_llama_cpp_rows(values, heads);
+    w.add_tensor(gguf_name, gguf::TensorType::f32, shape, values);
+  }
+  w.write(path);
+  report.file_bytes = static_cast<int64_t>(std::filesystem::file_size(path));
+  return report;
+}
+
+} // namespace qat::models

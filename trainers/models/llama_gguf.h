@@ -1,0 +1,40 @@
+// The Llama-style decoder to and from GGUF, llama.cpp's format:
+//
+//   load_llama_gguf   a GGUF llama model (SmolLM2's, say) as a float
+//                     LlamaForCausalLM: hyperparameters from the llama.* keys,
+//                     every tensor dequantized, Q/K rows un-permuted
+//   save_llama_gguf   a (converted) decoder as GGUF v3: GGUF-quantized layers
+//                     as their Q8_0 / Q4_0 blocks, byte for byte what was
+//                     trained; everything else F32; the llama.* keys; Q/K rows
+//                     permuted as llama.cpp expects; the tokenizer metadata of
+//                     another GGUF file (the one the model came from)
+//
+// Tensor names map Hugging Face's ("model.layers.3.self_attn.q_proj.weight")
+// to llama.cpp's ("blk.3.attn_q.weight").
+#pragma once
+
+#include <string>
+
+#include "qat/export/gguf.h"
+#include "trainers/models/llama.h"
+
+namespace qat::models {
+
+// llama.cpp's name of one of our parameters; "" when it has none.
+std::string gguf_tensor_name(const std::string& hf_name);
+
+LlamaConfig llama_config_from_gguf(const gguf::File& file);
+LlamaForCausalLM load_llama_gguf(const gguf::File& file);
+
+struct GgufExportReport {
+  int64_t file_bytes = 0;
+  int64_t float_bytes = 0; // the same weights in float32
+  int64_t quantized_tensors = 0;
+};
+GgufExportReport save_llama_gguf(
+    LlamaForCausalLMImpl& model,
+    const std::string& path,
+    const std::string& name,
+    const gguf::File* tokenizer_source = nullptr);
+
+} // namespace qat::models
