@@ -27,6 +27,15 @@
 //   tokenize GGUF TEXT OUT
 //                      qat's BPE ids of each line of the file TEXT ("line.N",
 //                      int64) and of the whole text ("all")
+//   onnx MODEL SCHEME OUT_ONNX OUT
+//                      a small MLP (images 1x8x8) or ResNet (3x11x11), MODEL
+//                      mlp | resnet, prepared with SCHEME (onnx_scheme()),
+//                      calibrated and fine-tuned 5 QAT steps on random data,
+//                      then converted and exported as ONNX to OUT_ONNX; OUT
+//                      holds "images", the fake-quantized model's "logits"
+//                      on them (eval mode) and every fake-quantized weight
+//                      "LAYER.weight" as its quantizer sees it (convolutions
+//                      flattened, BatchNorm folded)
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -42,6 +51,7 @@
 #include "qat/export/safetensors.h"
 #include "qat/prepare.h"
 #include "trainers/data/bpe.h"
+#include "trainers/models/classifiers.h"
 #include "trainers/models/llama.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/models/weights.h"
@@ -182,6 +192,117 @@ void tokenize(
   qat::safetensors::write(out_path, out);
 }
 
+// int8: int8 per-channel weights and int8 per-tensor static inputs on every
+// Conv2d / Linear, uint8 ReLU outputs (W8A8, opset 13).
+// int4: 4-bit per-channel weights (LSQ) and int4 inputs, the first layer at
+// 8 bits, the head's weights in blocks of 8 and its input with an LSQ+ zero
+// point, 6-bit unsigned ReLU outputs (opset 21).
+qat::QuantConfig onnx_scheme(const std::string& name) {
+  using qat::FakeQuantizerOptions;
+  using qat::Granularity;
+  using qat::QuantRule;
+  using qat::QuantSpec;
+  const auto weights = [](int bits) {
+    return QuantSpec().bits(bits).granularity(Granularity::per_channel);
+  };
+  const auto inputs = [](int bits) {
+    return QuantSpec().bits(bits).symmetric(false);
+  };
+  const auto relu_outputs = [](int bits) {
+    return qat::LayerQuantSpecs{
+        {}, {}, QuantSpec().bits(bits).is_signed(false).symmetric(false)};
+  };
+  if (name == "int8") {
+    return {
+        {QuantRule::quantize("*", {weights(8), inputs(8), {}}, "Conv2d|Linear"),
+         QuantRule::quantize("*", relu_outputs(8), "Activation")}};
+  }
+  if (name == "int4") {
+    const auto head_weights = QuantSpec()
+                                  .bits(4)
+                                  .granularity(Granularity::per_group)
+                                  .axis(-1)
+                                  .group_size(8);
+    return {
+        {QuantRule::quantize("re:stem|fc0", {weights(8), inputs(8), {}}),
+         QuantRule::quantize(
+             "head",
+             {head_weights,
+              FakeQuantizerOptions(inputs(4)).estimator(
+                  qat::Estimator::lsq_plus),
+              {}}),
+         QuantRule::quantize(
+             "*",
+             {FakeQuantizerOptions(weights(4)).estimator(qat::Estimator::lsq),
+              inputs(4),
+              {}},
+             "Conv2d|Linear"),
+         QuantRule::quantize("*", relu_outputs(6), "Activation")}};
+  }
+  throw std::invalid_argument(
+      "unknown scheme '" + name + "'; expected int8 or int4");
+}
+
+void export_onnx_model(
+    const std::string& model_name,
+    const std::string& scheme,
+    const char* onnx_path,
+    const char* out_path) {
+  using namespace qat::models;
+  torch::manual_seed(0);
+  std::shared_ptr<ImageClassifier> model;
+  std::vector<int64_t> image_shape;
+  if (model_name == "mlp") {
+    image_shape = {1, 8, 8};
+    model = std::make_shared<MlpImpl>(
+        MlpOptions().in_features(64).hidden({32, 16}).classes(10));
+  } else if (model_name == "resnet") {
+    image_shape = {3, 11, 11};
+    model = std::make_shared<ResNetImpl>(
+        ResNetOptions().in_channels(3).widths({8, 16}).classes(10));
+  } else {
+    throw std::invalid_argument(
+        "unknown model '" + model_name + "'; expected mlp or resnet");
+  }
+  const auto images = [&](int64_t count) {
+    std::vector<int64_t> shape{count};
+    shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+    return torch::randn(shape);
+  };
+  qat::prepare(*model, onnx_scheme(scheme));
+  model->eval();
+  qat::calibrate(*model, [&] {
+    for (int batch = 0; batch < 4; ++batch)
+      model->forward(images(32));
+  });
+  // A few QAT steps: learned scales, BatchNorm statistics and weights that
+  // the observers never saw.
+  model->train();
+  torch::optim::SGD optimizer(
+      model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  for (int step = 0; step < 5; ++step) {
+    const auto loss = torch::nn::functional::cross_entropy(
+        model->forward(images(32)), torch::randint(10, {32}));
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+  }
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = images(64);
+  Tensors out{{"images", x}, {"logits", model->forward(x)}};
+  for (const auto& [name, layer] : qat::quantized_layers(*model)) {
+    if (!layer->quantizers.weight.is_empty()) {
+      out.emplace_back(
+          name + ".weight",
+          layer->quantizers.weight->forward(layer->weight_to_quantize()));
+    }
+  }
+  qat::convert(*model);
+  save_onnx(*model, image_shape, onnx_path);
+  qat::safetensors::write(out_path, out);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -192,7 +313,8 @@ int main(int argc, char** argv) {
       {"llama", 3},
       {"gguf-read", 2},
       {"gguf-export", 3},
-      {"tokenize", 3}};
+      {"tokenize", 3},
+      {"onnx", 4}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
@@ -200,7 +322,9 @@ int main(int argc, char** argv) {
         "usage: %s roundtrip|gguf|gguf-read IN OUT\n"
         "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n"
         "       %s gguf-export TOKENIZER_GGUF OUT_GGUF OUT.safetensors\n"
-        "       %s tokenize GGUF TEXT OUT.safetensors\n",
+        "       %s tokenize GGUF TEXT OUT.safetensors\n"
+        "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n",
+        argv[0],
         argv[0],
         argv[0],
         argv[0],
@@ -218,8 +342,10 @@ int main(int argc, char** argv) {
       gguf_read(argv[2], argv[3]);
     else if (command == "gguf-export")
       gguf_export(argv[2], argv[3], argv[4]);
-    else
+    else if (command == "tokenize")
       tokenize(argv[2], argv[3], argv[4]);
+    else
+      export_onnx_model(argv[2], argv[3], argv[4], argv[5]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

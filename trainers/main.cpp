@@ -4,6 +4,7 @@
 //   qat calibrate RECIPE [KEY=VALUE ...]      float model + PTQ + the table
 //   qat eval RECIPE --checkpoint FILE [--scheme NAME] [KEY=VALUE ...]
 //   qat export RECIPE --checkpoint FILE --scheme NAME --out FILE
+//              [--format native|onnx]
 //   qat info RECIPE [--scheme NAME]
 //
 // Exit codes: 0 done, 1 the job failed (bad recipe, bad data, NaN loss, ...;
@@ -125,8 +126,13 @@ int main(int argc, char** argv) {
           "--scheme", c.scheme, "its quantization scheme (quant.<name>)")
       ->required();
   exporter->add_option("--out", c.out, "output file")->required();
-  exporter->add_option("--format", c.format, "export format")
-      ->check(CLI::IsMember({"native"}));
+  exporter
+      ->add_option(
+          "--format",
+          c.format,
+          "native (safetensors) or onnx (QuantizeLinear / DequantizeLinear "
+          "graph; mlp and resnet)")
+      ->check(CLI::IsMember({"native", "onnx"}));
 
   auto* info = app.add_subcommand(
       "info", "model, per-layer quantization, parameter counts, sizes");
@@ -166,10 +172,16 @@ int main(int argc, char** argv) {
     } else if (eval->parsed()) {
       print_result(job.evaluate_checkpoint(c.checkpoint, c.scheme));
     } else if (exporter->parsed()) {
-      const int64_t bytes =
-          job.export_checkpoint(c.checkpoint, c.scheme, c.out);
+      const auto sizes =
+          job.export_checkpoint(c.checkpoint, c.scheme, c.out, c.format);
       std::printf(
-          "%s: %lld bytes\n", c.out.c_str(), static_cast<long long>(bytes));
+          "%s: %lld bytes (float weights %lld bytes; theoretical %lld bytes: "
+          "quantized weights at their bits with scales and zero points, the "
+          "rest fp32)\n",
+          c.out.c_str(),
+          static_cast<long long>(sizes.file_bytes),
+          static_cast<long long>(sizes.float_bytes),
+          static_cast<long long>(sizes.theoretical_bytes));
     } else {
       std::printf("%s", job.info(c.scheme).c_str());
     }

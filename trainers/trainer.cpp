@@ -17,6 +17,7 @@
 #include "qat/modules/conv.h"
 #include "qat/prepare.h"
 #include "trainers/checkpoint.h"
+#include "trainers/models/classifiers.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
 #include "trainers/report.h"
@@ -177,6 +178,23 @@ std::string human_bytes(double bytes) {
   return text;
 }
 
+// The served size of a model: quantized weights as converted (codes, scales,
+// zero points), every other parameter fp32.
+int64_t served_bytes(torch::nn::Module& model) {
+  int64_t bytes = 0;
+  std::set<std::string> quantized;
+  for (const auto& [name, w] : quantized_weights(model)) {
+    bytes += w->storage_bytes();
+    quantized.insert(name + ".weight");
+  }
+  for (const auto& p : model.named_parameters()) {
+    if (p.key().find("_quantizer.") == std::string::npos &&
+        !quantized.count(p.key()))
+      bytes += p.value().numel() * 4;
+  }
+  return bytes;
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------
@@ -264,7 +282,7 @@ struct Job::State {
     return metrics;
   }
 
-  // The served size: quantized weights as converted, everything else fp32.
+  // The served size of `model` (see served_bytes).
   int64_t weight_bytes(
       torch::nn::Module& model,
       const std::string& scheme_name) {
@@ -273,18 +291,7 @@ struct Job::State {
       load_module_state(*served, module_state(model), "the quantized model");
       convert(*served);
     }
-    int64_t bytes = 0;
-    std::set<std::string> quantized;
-    for (const auto& [name, w] : quantized_weights(*served)) {
-      bytes += w->storage_bytes();
-      quantized.insert(name + ".weight");
-    }
-    for (const auto& p : served->named_parameters()) {
-      if (p.key().find("_quantizer.") == std::string::npos &&
-          !quantized.count(p.key()))
-        bytes += p.value().numel() * 4;
-    }
-    return bytes;
+    return served_bytes(*served);
   }
 
   void record(
@@ -835,19 +842,39 @@ ModelResult Job::evaluate_checkpoint(
   return r;
 }
 
-int64_t Job::export_checkpoint(
+ExportSizes Job::export_checkpoint(
     const std::string& checkpoint,
     const std::string& scheme,
-    const std::string& path) {
+    const std::string& path,
+    const std::string& format) {
   auto& s = *state_;
   auto model = s.build_model();
+  ExportSizes sizes;
+  sizes.float_bytes = served_bytes(*model);
   prepare(*model, s.scheme(scheme));
   load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
   convert(*model);
+  sizes.theoretical_bytes = served_bytes(*model);
   if (fs::path(path).has_parent_path())
     fs::create_directories(fs::path(path).parent_path());
-  save_converted(*model, path);
-  return static_cast<int64_t>(fs::file_size(path));
+  if (format == "native") {
+    save_converted(*model, path);
+  } else if (format == "onnx") {
+    const auto* classifier =
+        dynamic_cast<const models::ImageClassifier*>(model.get());
+    if (!classifier) {
+      throw std::invalid_argument(
+          "export --format onnx: '" + s.recipe.get<std::string>("model.type") +
+          "' is not an image classifier (mlp, resnet)");
+    }
+    const auto images = s.task().calibration_batch(0).inputs;
+    models::save_onnx(*classifier, images.sizes().slice(1).vec(), path);
+  } else {
+    throw std::invalid_argument(
+        "export: unknown format '" + format + "'; expected native or onnx");
+  }
+  sizes.file_bytes = static_cast<int64_t>(fs::file_size(path));
+  return sizes;
 }
 
 std::string Job::info(const std::string& scheme) {

@@ -58,6 +58,13 @@ struct ModelResult {
   int64_t weight_bytes = 0;                       // served size of the weights
 };
 
+// What an export wrote, beside the float model's weights and the theoretical
+// size of the quantized ones (each weight at its bits, plus scales and zero
+// points; every other parameter fp32).
+struct ExportSizes {
+  int64_t file_bytes = 0, float_bytes = 0, theoretical_bytes = 0;
+};
+
 class Job {
  public:
   Job(recipe::Recipe recipe, JobOptions options);
@@ -75,11 +82,13 @@ class Job {
       const std::string& checkpoint,
       const std::string& scheme);
   // `qat export`: converts the QAT model in `checkpoint` and writes it to
-  // `path` in the native format (qat::save_converted). Returns its size.
-  int64_t export_checkpoint(
+  // `path` as `format`: "native" (qat::save_converted) or "onnx" (a
+  // QuantizeLinear / DequantizeLinear graph; the image classifiers).
+  ExportSizes export_checkpoint(
       const std::string& checkpoint,
       const std::string& scheme,
-      const std::string& path);
+      const std::string& path,
+      const std::string& format = "native");
   // `qat info`: the model, each layer's effective quantization, parameter
   // count and sizes.
   std::string info(const std::string& scheme);

@@ -1,13 +1,12 @@
 #include "qat/export/gguf.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 
 #include "kernels/quant_math.h"
 #include "kernels/ref/gguf_ref.h"
+#include "qat/export/atomic_file.h"
 
 namespace qat::gguf {
 namespace {
@@ -615,27 +614,18 @@ void Writer::write(const std::string& path) const {
   }
   out.pad_to(alignment);
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f)
-    throw GgufError(
-        "GGUF file '" + tmp + "': cannot create: " + std::strerror(errno));
-  bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  const std::vector<uint8_t> zeros(alignment, 0);
-  for (const auto& e : tensors_) {
-    ok = ok &&
-        std::fwrite(e.bytes.data_ptr<uint8_t>(), 1, e.info.bytes, f) ==
-            e.info.bytes;
-    const uint64_t pad = (alignment - e.info.bytes % alignment) % alignment;
-    ok = ok && std::fwrite(zeros.data(), 1, pad, f) == pad;
-  }
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw GgufError("GGUF file '" + path + "': write failed: " + why);
-  }
+  write_file_atomically(path, "GGUF file '" + path + "'", [&](std::FILE* f) {
+    bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size();
+    const std::vector<uint8_t> zeros(alignment, 0);
+    for (const auto& e : tensors_) {
+      ok = ok &&
+          std::fwrite(e.bytes.data_ptr<uint8_t>(), 1, e.info.bytes, f) ==
+              e.info.bytes;
+      const uint64_t pad = (alignment - e.info.bytes % alignment) % alignment;
+      ok = ok && std::fwrite(zeros.data(), 1, pad, f) == pad;
+    }
+    return ok;
+  });
 }
 
 } // namespace qat::gguf

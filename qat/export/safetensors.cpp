@@ -3,15 +3,14 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <stdexcept>
+
+#include "qat/export/atomic_file.h"
 
 namespace qat::safetensors {
 namespace {
@@ -260,34 +259,21 @@ void write(
   // writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) {
-    throw std::runtime_error(
-        "safetensors::write: cannot create '" + tmp +
-        "': " + std::strerror(errno));
-  }
-  bool ok = true;
-  unsigned char length_bytes[8];
-  uint64_t size = text.size();
-  for (unsigned char& b : length_bytes) {
-    b = static_cast<unsigned char>(size & 0xFF);
-    size >>= 8;
-  }
-  ok = ok && std::fwrite(length_bytes, 1, 8, f) == 8;
-  ok = ok && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  for (const torch::Tensor& t : data) {
-    const size_t bytes = t.numel() * t.element_size();
-    ok = ok && std::fwrite(t.data_ptr(), 1, bytes, f) == bytes;
-  }
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw std::runtime_error(
-        "safetensors::write: writing '" + path + "' failed: " + reason);
-  }
+  write_file_atomically(path, "safetensors::write", [&](std::FILE* f) {
+    unsigned char length_bytes[8];
+    uint64_t size = text.size();
+    for (unsigned char& b : length_bytes) {
+      b = static_cast<unsigned char>(size & 0xFF);
+      size >>= 8;
+    }
+    bool ok = std::fwrite(length_bytes, 1, 8, f) == 8;
+    ok = ok && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    for (const torch::Tensor& t : data) {
+      const size_t bytes = t.numel() * t.element_size();
+      ok = ok && std::fwrite(t.data_ptr(), 1, bytes, f) == bytes;
+    }
+    return ok;
+  });
 }
 
 } // namespace qat::safetensors

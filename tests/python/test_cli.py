@@ -4,7 +4,8 @@ Checks what a user sees and keeps: the table and exit codes, the run
 directory (config.yaml equal to --print-config, metrics.jsonl, summary.json,
 PNG plots that a PNG decoder accepts, checkpoints, the export that Hugging
 Face's safetensors reads), `qat eval` reproducing the QAT accuracy from its
-checkpoint, halting and --resume reproducing the uninterrupted run, and usage
+checkpoint, the ONNX export that onnx's checker and ONNX Runtime accept,
+halting and --resume reproducing the uninterrupted run, and usage
 errors (exit 2) and recipe errors (exit 1) with their messages.
 
 usage: test_cli.py PATH/TO/qat RECIPES_DIR
@@ -17,6 +18,9 @@ import sys
 import tempfile
 import zlib
 
+import numpy as np
+import onnx
+import onnxruntime as ort
 from conformance import report
 from safetensors import safe_open
 
@@ -99,6 +103,20 @@ def main(qat: str, recipes: str) -> int:
             keys = set(f.keys())
         check(any(k.endswith("weight") or "codes" in k for k in keys) and len(keys) > 3,
               f"export readable by safetensors: {sorted(keys)[:6]}")
+        exported_onnx = os.path.join(tmp, "w4a4.onnx")
+        out = run(qat, "export", digits, "--checkpoint", final, "--scheme", "w4a4", "--out", exported_onnx,
+                  "--format", "onnx")
+        check(out.returncode == 0 and "theoretical" in out.stdout,
+              f"qat export --format onnx prints the sizes: {out.stdout} {out.stderr}")
+        try:
+            model = onnx.load(exported_onnx)
+            onnx.checker.check_model(model, full_check=True)
+            logits = ort.InferenceSession(exported_onnx, providers=["CPUExecutionProvider"]).run(
+                ["logits"], {"images": np.zeros((3, 1, 8, 8), np.float32)})[0]
+            check(logits.shape == (3, 10) and np.isfinite(logits).all(),
+                  f"ONNX Runtime runs the exported w4a4 model: {logits.shape}")
+        except Exception as e:  # the checker's and the runtime's errors alike
+            check(False, f"exported ONNX model: {e}")
         info = run(qat, "info", digits, "--scheme", "w4a4")
         check(info.returncode == 0 and all(n in info.stdout for n in ("fc0", "fc1", "head", "int4")),
               f"qat info lists the layers and their specs: {info.stdout}")

@@ -8,14 +8,16 @@
 //
 // Layer names (what QuantConfig rules match): "fc0", "act0", ..., "head" for
 // the MLP; "stem", "stages.1.0.conv1", "stages.1.0.shortcut", ..., "head" for
-// the ResNet.
+// the ResNet. The ONNX export names its values after them.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <string>
 #include <vector>
 
+#include "qat/export/onnx.h"
 #include "qat/modules/activation.h"
 #include "qat/modules/conv.h"
 #include "qat/modules/linear.h"
@@ -31,7 +33,20 @@ class ImageClassifier : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& images) {
     return classify(features(images));
   }
+  // The served model (converted with qat::convert, in eval mode) as an ONNX
+  // graph: input "images" [batch, image_shape...] (float32), output
+  // "logits" [batch, classes].
+  virtual void export_onnx(
+      onnx::GraphBuilder& graph,
+      const std::vector<int64_t>& image_shape) const = 0;
 };
+
+// Writes `model` as an ONNX file (ImageClassifier::export_onnx) for images of
+// `image_shape` ([channels, height, width]), atomically.
+void save_onnx(
+    const ImageClassifier& model,
+    const std::vector<int64_t>& image_shape,
+    const std::string& path);
 
 struct MlpOptions {
   TORCH_ARG(int64_t, in_features) = 28 * 28;
@@ -44,6 +59,9 @@ class MlpImpl : public ImageClassifier {
   explicit MlpImpl(MlpOptions options = {});
   torch::Tensor features(const torch::Tensor& images) override;
   torch::Tensor classify(const torch::Tensor& features) override;
+  void export_onnx(
+      onnx::GraphBuilder& graph,
+      const std::vector<int64_t>& image_shape) const override;
 
  private:
   std::vector<QuantLinear> fcs_;
@@ -64,6 +82,11 @@ class ResidualBlockImpl : public torch::nn::Module {
  public:
   ResidualBlockImpl(int64_t in, int64_t out, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  // The block on `x` in an ONNX graph, its values named after `name`.
+  std::string export_onnx(
+      onnx::GraphBuilder& graph,
+      const std::string& name,
+      const std::string& x) const;
 
  private:
   QuantConv2d conv1_{nullptr}, conv2_{nullptr}, shortcut_{nullptr};
@@ -76,6 +99,9 @@ class ResNetImpl : public ImageClassifier {
   explicit ResNetImpl(ResNetOptions options = {});
   torch::Tensor features(const torch::Tensor& images) override;
   torch::Tensor classify(const torch::Tensor& features) override;
+  void export_onnx(
+      onnx::GraphBuilder& graph,
+      const std::vector<int64_t>& image_shape) const override;
 
  private:
   QuantConv2d stem_{nullptr};
