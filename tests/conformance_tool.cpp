@@ -36,13 +36,15 @@
 //                      on them (eval mode) and every fake-quantized weight
 //                      "LAYER.weight" as its quantizer sees it (convolutions
 //                      flattened, BatchNorm folded)
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/sgd.h>
+
 #include <cstdio>
 #include <exception>
-#include <map>
-#include <string>
-
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <string>
 
 #include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
@@ -279,7 +281,7 @@ void export_onnx_model(
   // the observers never saw.
   model->train();
   torch::optim::SGD optimizer(
-      model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+      model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   for (int step = 0; step < 5; ++step) {
     const auto loss = torch::nn::functional::cross_entropy(
         model->forward(images(32)), torch::randint(10, {32}));

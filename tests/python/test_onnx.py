@@ -13,7 +13,11 @@ converts it and exports ONNX. Then:
   of the expected type, and ONNX Runtime's dequantized weights equal qat's
   fake-quantized weights bit for bit;
 - ONNX Runtime's logits (the graph run as written, optimizations off) match
-  the fake-quantized model's within TOLERANCE (below);
+  the fake-quantized model's: `matches` below. Most logits agree to float
+  rounding; QuantizeLinear divides by the scale where fake-quant multiplies by
+  its reciprocal, so an activation within an ulp of a rounding tie can take
+  the neighbouring code, which moves the logits downstream of it by about one
+  quantization step times the weights (seen: 1.4e-4 on 10 of 640 logits);
 - with a wrong activation scale or a wrong weight scale the logits do not
   match: the comparison can fail.
 
@@ -52,6 +56,15 @@ def run(model: onnx.ModelProto, images: np.ndarray, outputs: list[str]) -> list[
         if name not in known:
             extended.graph.output.append(onnx.ValueInfoProto(name=name))
     return session(extended).run(outputs, {"images": images})
+
+
+# At most this share of the logits may differ by more than float rounding
+# (CLOSE), and none by more than MAX_DIFF (see the docstring).
+CLOSE, TIE_SHARE, MAX_DIFF = 1e-5, 0.02, 5e-4
+
+
+def matches(diff: np.ndarray) -> bool:
+    return (diff > CLOSE).mean() <= TIE_SHARE and diff.max() <= MAX_DIFF
 
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -112,6 +125,7 @@ def main(tool: str) -> int:
             diff = np.abs(got - logits)
             print(f"{case}: max |ORT - qat| {diff.max():.3g}, mean {diff.mean():.3g}, "
                   f"elements over 1e-5: {(diff > 1e-5).sum()} of {diff.size}, |logits| max {np.abs(logits).max():.3g}")
+            check(matches(diff), f"{case}: ONNX Runtime's logits match qat's (max diff {diff.max():.3g})")
             for probe, scale in (("activation", "fc0.input_quantizer.scale" if model_name == "mlp" else "stem.input_quantizer.scale"),
                                  ("weight", "head.weight.scale")):
                 wrong = onnx.ModelProto()
@@ -121,6 +135,7 @@ def main(tool: str) -> int:
                         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1.05), t.name))
                 d = np.abs(run(wrong, images, ["logits"])[0] - logits)
                 print(f"  wrong {probe} scale: max diff {d.max():.3g}, over 1e-5: {(d > 1e-5).sum()}")
+                check(not matches(d), f"{case}: a 5% wrong {probe} scale is detected")
     return report(checks, failures)
 
 
