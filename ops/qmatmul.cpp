@@ -347,12 +347,20 @@ Tensor quant_linear_composite(
   return quant_linear_forward(input, weight, weight_scale, bias, format).output;
 }
 
-// codes * scale per row, in dtype: the fake-quantized values bit for bit.
+// codes * scale per row, in dtype: the fake-quantized values bit for bit. The
+// product is taken in float (the operands' common dtype) and rounded once to
+// dtype as it is stored: one elementwise pass for int8 codes. Float8 takes part
+// in no type promotion, so e4m3fn codes become bfloat16 first (exactly).
 Tensor dequantize_rows(
     const Tensor& codes,
     const Tensor& scale,
     at::ScalarType dtype) {
-  return (codes.to(at::kFloat) * scale.unsqueeze(1)).to(dtype);
+  Tensor out = at::empty(codes.sizes(), codes.options().dtype(dtype));
+  return at::mul_out(
+      out,
+      codes.scalar_type() == at::kFloat8_e4m3fn ? codes.to(at::kBFloat16)
+                                                : codes,
+      scale.unsqueeze(1));
 }
 
 // quant_linear's gradient. The forward simulates, with q(.) the row quantizers
