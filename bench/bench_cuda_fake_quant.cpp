@@ -13,7 +13,6 @@
 // cast to float8_e4m3fn and back, rescale, compare for the mask).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAEvent.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -22,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/bench_common.h"
+#include "bench/bench_cuda.h"
 #include "ops/ops.h"
 
 namespace {
@@ -41,30 +40,6 @@ Args parse(int argc, char** argv) {
        {"--iters", &a.iters},
        {"--reps", &a.reps}});
   return a;
-}
-
-// Milliseconds per call of each function: `iters` back-to-back calls between
-// two CUDA events, in rotation (one batch of each per round, after two warm-up
-// rounds), median over `reps` rounds.
-std::vector<double> time_interleaved(
-    const std::vector<std::function<void()>>& fns,
-    int64_t iters,
-    int64_t reps) {
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  std::vector<std::vector<double>> samples(fns.size());
-  for (int64_t round = -2; round < reps; ++round) {
-    for (size_t f = 0; f < fns.size(); ++f) {
-      at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-      start.record(stream);
-      for (int64_t i = 0; i < iters; ++i)
-        fns[f]();
-      stop.record(stream);
-      stop.synchronize();
-      if (round >= 0)
-        samples[f].push_back(start.elapsed_time(stop) / iters);
-    }
-  }
-  return qat::bench::medians(std::move(samples));
 }
 
 } // namespace
@@ -104,7 +79,7 @@ int main(int argc, char** argv) {
     auto measure = [&](const std::string& name,
                        const std::function<void()>& ours,
                        const std::function<void()>& aten) {
-      const auto ms = time_interleaved(
+      const auto ms = qat::bench::time_interleaved(
           {ours, aten, [&] { (void)x.clone(); }}, args.iters, args.reps);
       rows.push_back(
           {name + " " + type_name, ms[0], ms[1], ms[2] * copy_scale, op_bytes});

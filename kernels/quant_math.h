@@ -33,6 +33,9 @@ struct BFloat16 {
 
 enum class Fp8Format : int { e4m3fn = 0, e5m2 = 1 };
 
+// Code formats of the simulated matmuls (see MatmulCodec below).
+enum class MatmulFormat : int { int8 = 0, e4m3fn = 1 };
+
 // Results of one element.
 struct AffineQuantized {
   float value;
@@ -290,19 +293,38 @@ QAT_HOST_DEVICE float fp8_decode(uint8_t code) {
       (mantissa << (23 - Tr::kMantissaBits)));
 }
 
-// decode(encode(x)). Sm_89 and later GPUs convert with one instruction each
-// way, rounding to nearest even and saturating as fp8_encode does (checked on
-// every bfloat16 bit pattern by tests/test_cuda.cpp); NaN stays NaN.
+// fp8_encode and fp8_decode where sm_89 and later GPUs have one instruction
+// each, rounding to nearest even and saturating as fp8_encode does (checked on
+// every bfloat16 bit pattern by tests/test_cuda.cpp); NaN stays NaN (the
+// instruction may keep its sign bit).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+template <Fp8Format F>
+constexpr __nv_fp8_interpretation_t kCudaFp8 =
+    F == Fp8Format::e4m3fn ? __NV_E4M3 : __NV_E5M2;
+#endif
+
+template <Fp8Format F>
+QAT_HOST_DEVICE uint8_t fp8_code(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, kCudaFp8<F>);
+#else
+  return fp8_encode<F>(x);
+#endif
+}
+
+template <Fp8Format F>
+QAT_HOST_DEVICE float fp8_value(uint8_t code) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  return __half2float(__nv_cvt_fp8_to_halfraw(code, kCudaFp8<F>));
+#else
+  return fp8_decode<F>(code);
+#endif
+}
+
+// decode(encode(x)).
 template <Fp8Format F>
 QAT_HOST_DEVICE float fp8_round_trip(float x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  constexpr __nv_fp8_interpretation_t kFormat =
-      F == Fp8Format::e4m3fn ? __NV_E4M3 : __NV_E5M2;
-  return __half2float(__nv_cvt_fp8_to_halfraw(
-      __nv_cvt_float_to_fp8(x, __NV_SATFINITE, kFormat), kFormat));
-#else
-  return fp8_decode<F>(fp8_encode<F>(x));
-#endif
+  return fp8_value<F>(fp8_code<F>(x));
 }
 
 // FP8 fake-quant with a scale: x' = decode(encode(x / scale)) * scale. The mask
@@ -459,6 +481,95 @@ QAT_HOST_DEVICE void gguf_fake_quant_block(
     if (mask)
       mask[j] = (block.in_range >> j) & 1u;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulated matmuls (qat::quantize_rows, qat::qmatmul): both operands quantized
+// row by row to int8 or e4m3fn codes with one float scale per row, multiplied
+// on integer / FP8 arithmetic, and each sum dequantized with its two rows'
+// scales:
+//   out[m, n] = float(acc[m, n]) * (a_scale[m] * b_scale[n]) + bias[n]
+// A code is the fake-quant formula's above (zero point 0), so code * scale is
+// the fake-quantized value bit for bit, and the mask is the fake-quant mask.
+// ---------------------------------------------------------------------------------------------
+
+// NaN-propagating running maximum of |x| (m >= 0 or NaN): once a NaN is seen
+// the result stays NaN, in any order of the elements.
+QAT_HOST_DEVICE float max_magnitude(float m, float x) {
+  const float a = bits_float(float_bits(x) & 0x7FFFFFFFu);
+  return a > m || a != a ? a : m;
+}
+
+template <typename Code>
+struct RowCode {
+  Code code;
+  bool in_range;
+};
+
+template <MatmulFormat F>
+struct MatmulCodec;
+
+// int8 [-128, 127], symmetric: the w8a8_int8 preset's per-token activations
+// (and any signed symmetric weight of 8 bits or fewer, whose codes fit).
+template <>
+struct MatmulCodec<MatmulFormat::int8> {
+  using Code = int8_t;
+  using Acc = int32_t;
+  // A dynamic scale is amax / ((qmax - qmin) / 2), at least FLT_EPSILON, as
+  // qat's symmetric observers compute it (NaN stays NaN, as in ATen's clamp).
+  QAT_HOST_DEVICE static float row_scale(float amax) {
+    const float scale = amax / 127.5f;
+    return scale < 1.1920929e-7f ? 1.1920929e-7f : scale;
+  }
+  // fake_quant_affine with zero point 0 and [-128, 127]; NaN gets code 0 (and
+  // mask 0).
+  QAT_HOST_DEVICE static RowCode<int8_t> quantize(
+      float x,
+      float /*scale*/,
+      float inv_scale) {
+    const float q = round_code(x * inv_scale);
+    float clamped = q < -128.0f ? -128.0f : q;
+    clamped = clamped > 127.0f ? 127.0f : clamped;
+    return {
+        q == q ? static_cast<int8_t>(clamped) : int8_t{0},
+        q >= -128.0f && q <= 127.0f};
+  }
+  QAT_HOST_DEVICE static float value(int8_t code) {
+    return static_cast<float>(code);
+  }
+};
+
+// e4m3fn, saturating: the fp8_e4m3 preset's weights and activations.
+template <>
+struct MatmulCodec<MatmulFormat::e4m3fn> {
+  using Code = uint8_t;
+  using Acc = float;
+  QAT_HOST_DEVICE static float row_scale(float amax) {
+    const float scale = amax / 448.0f;
+    return scale < 1.1920929e-7f ? 1.1920929e-7f : scale;
+  }
+  // fake_quant_fp8's code and mask.
+  QAT_HOST_DEVICE static RowCode<uint8_t> quantize(
+      float x,
+      float scale,
+      float /*inv_scale*/) {
+    const float scaled = x / scale;
+    const float magnitude = scaled < 0.0f ? -scaled : scaled;
+    return {
+        fp8_code<Fp8Format::e4m3fn>(scaled),
+        magnitude <= Fp8Traits<Fp8Format::e4m3fn>::kMax};
+  }
+  QAT_HOST_DEVICE static float value(uint8_t code) {
+    return fp8_value<Fp8Format::e4m3fn>(code);
+  }
+};
+
+QAT_HOST_DEVICE float dequantize_acc(
+    float acc,
+    float a_scale,
+    float b_scale,
+    float bias) {
+  return acc * (a_scale * b_scale) + bias;
 }
 
 } // namespace QAT_KERNELS_ABI

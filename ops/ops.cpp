@@ -174,4 +174,51 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward(
       grad_factor);
 }
 
+std::tuple<Tensor, Tensor, Tensor> quantize_rows(
+    const Tensor& input,
+    const std::optional<Tensor>& scale,
+    std::string_view format) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const std::optional<Tensor>&, c10::string_view)>(
+      "qat::quantize_rows");
+  return op.call(input, scale, c10::string_view(format.data(), format.size()));
+}
+
+Tensor qmatmul(
+    const Tensor& a,
+    const Tensor& b,
+    const Tensor& a_scale,
+    const Tensor& b_scale,
+    const std::optional<Tensor>& bias,
+    at::ScalarType out_dtype) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      const std::optional<Tensor>&,
+      at::ScalarType)>("qat::qmatmul");
+  return op.call(a, b, a_scale, b_scale, bias, out_dtype);
+}
+
+Tensor quant_linear(
+    const Tensor& input,
+    const Tensor& weight,
+    const Tensor& weight_scale,
+    const std::optional<Tensor>& bias,
+    std::string_view format) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      const std::optional<Tensor>&,
+      c10::string_view)>("qat::quant_linear");
+  return op.call(
+      input,
+      weight,
+      weight_scale,
+      bias,
+      c10::string_view(format.data(), format.size()));
+}
+
 } // namespace qat::ops

@@ -95,4 +95,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_lsq_backward(
     int64_t quant_max,
     double grad_factor);
 
+// Simulated matmuls (ops/qmatmul.cpp): the integer / FP8 tensor-core form of
+// the fake-quant composition of the w8a8_int8 and fp8_e4m3 presets.
+//
+// A matrix [rows, cols] to codes of `format` ("int8": [-128, 127], or
+// "e4m3fn") with one scale per row: dynamic (scale = nullopt: computed from
+// the row as qat's symmetric observers do) or given (one value, or one per
+// row). Returns (codes: int8 or float8_e4m3fn, row_scale: float [rows], mask:
+// bool, 1 where in range); codes * row_scale is the fake-quantized matrix.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& scale,
+    std::string_view format);
+
+// out[i, j] = a_scale[i] * b_scale[j] * sum_k a[i, k] b[j, k] + bias[j] for
+// codes a [m, k] and b [n, k] of one format (int8 sums exact in int32, e4m3fn
+// sums in float), out_dtype float32 or bfloat16.
+at::Tensor qmatmul(
+    const at::Tensor& a,
+    const at::Tensor& b,
+    const at::Tensor& a_scale,
+    const at::Tensor& b_scale,
+    const std::optional<at::Tensor>& bias,
+    at::ScalarType out_dtype);
+
+// y = x' w'^T + bias in `format`: x' the input quantized per token
+// (dynamic), w' the weight [out, in] as codes of weight_scale (one per output
+// channel, or one). The weight is meant to be a weight quantizer's output, on
+// that grid already (its codes are then exact); its gradient is straight
+// through and unmasked, the quantizer's backward masking it. y in the input's
+// dtype (bfloat16 under CUDA bf16 autocast). Gradients to input (masked as the
+// per-token fake-quant does), weight and bias; derivation in ops/qmatmul.cpp.
+//
+// Example:
+//   auto w = torch::randn({64, 256}, torch::kCUDA);
+//   auto s = w.abs().amax(1) / 127.5;
+//   auto wq = qat::ops::fake_quant_affine(w, s, zeros, 0, 0, -128, 127);
+//   auto y = qat::ops::quant_linear(x, wq, s, std::nullopt, "int8");
+at::Tensor quant_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    std::string_view format);
+
 } // namespace qat::ops

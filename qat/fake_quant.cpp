@@ -81,16 +81,16 @@ void FakeQuantizerImpl::reset() {
 }
 
 void FakeQuantizerImpl::enable_observer(bool on) {
-  observer_on_.fill_(on ? 1 : 0);
+  observer_on_value_.set(observer_on_, on ? 1 : 0);
 }
 void FakeQuantizerImpl::enable_fake_quant(bool on) {
-  fake_quant_on_.fill_(on ? 1 : 0);
+  fake_quant_on_value_.set(fake_quant_on_, on ? 1 : 0);
 }
 bool FakeQuantizerImpl::observer_enabled() const {
-  return observer_on_.item<uint8_t>() != 0;
+  return observer_on_value_.get(observer_on_) != 0;
 }
 bool FakeQuantizerImpl::fake_quant_enabled() const {
-  return fake_quant_on_.item<uint8_t>() != 0;
+  return fake_quant_on_value_.get(fake_quant_on_) != 0;
 }
 
 std::vector<torch::Tensor> FakeQuantizerImpl::quantizer_parameters() const {

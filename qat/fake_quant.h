@@ -43,6 +43,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "qat/buffer_value.h"
 #include "qat/observer.h"
 #include "qat/spec.h"
 
@@ -109,6 +110,7 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   torch::Tensor scale_, zero_point_, pact_alpha_;
   torch::Tensor observer_on_,
       fake_quant_on_; // uint8 [1] buffers, saved with the model
+  BufferValue<uint8_t> observer_on_value_, fake_quant_on_value_;
 };
 TORCH_MODULE(FakeQuantizer);
 

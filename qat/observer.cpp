@@ -200,7 +200,7 @@ void ObserverImpl::observe(const torch::Tensor& x) {
     return;
   const auto rows = rows_for_params(x.detach().to(torch::kFloat), spec_);
   auto [lo, hi] = batch_range(rows);
-  const int64_t seen = batches_.item<int64_t>();
+  const int64_t seen = batches_value_.get(batches_);
   if (seen > 0 && min_val_.sizes() != lo.sizes()) {
     throw std::invalid_argument(
         "observer for " + spec_.to_string() + ": a tensor of shape " +
@@ -233,7 +233,7 @@ void ObserverImpl::observe(const torch::Tensor& x) {
       }
     }
   }
-  batches_.fill_(seen + 1);
+  batches_value_.set(batches_, seen + 1);
   observed_shape_.set_data(torch::tensor(x.sizes().vec(), torch::kLong));
 }
 

@@ -23,6 +23,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "qat/buffer_value.h"
 #include "qat/spec.h"
 
 namespace qat {
@@ -73,7 +74,7 @@ class ObserverImpl : public torch::nn::Cloneable<ObserverImpl> {
   // Records x (no gradient is taken).
   void observe(const torch::Tensor& x);
   bool has_observed() const {
-    return batches_.item<int64_t>() > 0;
+    return batches_value_.get(batches_) > 0;
   }
   // Scale and zero point in the op's shape for tensors shaped like the last
   // observed one.
@@ -100,6 +101,7 @@ class ObserverImpl : public torch::nn::Cloneable<ObserverImpl> {
   ObserverOptions options_;
   torch::Tensor min_val_, max_val_; // per parameter row
   torch::Tensor batches_;           // int64 [1]: batches seen
+  BufferValue<int64_t> batches_value_;
   torch::Tensor
       observed_shape_; // int64 [dim]: shape of the last observed tensor
 };

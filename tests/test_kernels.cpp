@@ -13,6 +13,7 @@
 
 #include "kernels/quant_math.h"
 #include "kernels/ref/fake_quant_ref.h"
+#include "kernels/ref/qmatmul_ref.h"
 
 namespace qat::kernels {
 namespace {
@@ -387,6 +388,156 @@ TYPED_TEST(KernelTest, LsqBackwardFastMatchesReferenceBitForBit) {
       }
     }
   });
+}
+
+// The simulated matmuls' row codes are the fake-quant kernels' codes: code *
+// row scale is the fake-quantized value bit for bit, the masks are the same,
+// and a dynamic row's scale is amax / 127.5 (int8) or amax / 448 (e4m3fn), at
+// least FLT_EPSILON.
+TYPED_TEST(KernelTest, RowCodesAreTheFakeQuantCodes) {
+  using T = TypeParam;
+  uint32_t seed = 11;
+  for (int64_t cols : kOddSizes) {
+    const int64_t rows = 5;
+    const RowLayout layout{rows, cols, rows};
+    auto x = convert<T>(hard_values(rows * cols, 0.05f, seed++));
+    for (int64_t c = 0; c < cols; ++c) // row 4 is all zeros: scale FLT_EPSILON
+      x[4 * cols + c] = from_float<T>(0.0f);
+    std::vector<float> scale(rows);
+    std::vector<uint8_t> mask(x.size()), m_ref(x.size());
+    std::vector<T> y_ref(x.size());
+    {
+      std::vector<int8_t> codes(x.size());
+      quantize_rows_ref<MatmulFormat::int8, T>(
+          x.data(),
+          cols,
+          {},
+          {codes.data(), scale.data(), mask.data()},
+          0,
+          rows);
+      const std::vector<int32_t> zero_points(rows, 0);
+      fake_quant_affine_ref(
+          x.data(),
+          y_ref.data(),
+          m_ref.data(),
+          layout,
+          {scale.data(), zero_points.data(), -128, 127},
+          0,
+          rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        float amax = 0.0f;
+        bool nan = false;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = to_float(x[r * cols + c]);
+          nan |= std::isnan(v);
+          amax = std::max(amax, std::fabs(v));
+        }
+        if (nan) { // as ATen's aminmax and clamp: NaN in, NaN scale out
+          ASSERT_TRUE(std::isnan(scale[r])) << "row " << r;
+          continue;
+        }
+        const float expected =
+            std::max(amax / 127.5f, std::numeric_limits<float>::epsilon());
+        ASSERT_EQ(bits_of(scale[r]), bits_of(expected)) << "row " << r;
+      }
+      for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_EQ(mask[i], m_ref[i]) << i;
+        const float y = to_float(y_ref[i]);
+        if (!std::isnan(y)) {
+          const float value = static_cast<float>(codes[i]) * scale[i / cols];
+          ASSERT_EQ(raw(from_float<T>(value)), raw(y_ref[i])) << i;
+        }
+      }
+    }
+    {
+      std::vector<uint8_t> codes(x.size());
+      quantize_rows_ref<MatmulFormat::e4m3fn, T>(
+          x.data(),
+          cols,
+          {},
+          {codes.data(), scale.data(), mask.data()},
+          0,
+          rows);
+      fake_quant_fp8_ref(
+          x.data(),
+          y_ref.data(),
+          m_ref.data(),
+          layout,
+          scale.data(),
+          Fp8Format::e4m3fn,
+          0,
+          rows);
+      for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_EQ(mask[i], m_ref[i]) << i;
+        const float y = to_float(y_ref[i]);
+        if (!std::isnan(y)) {
+          const float value =
+              fp8_decode<Fp8Format::e4m3fn>(codes[i]) * scale[i / cols];
+          ASSERT_EQ(raw(from_float<T>(value)), raw(y_ref[i])) << i;
+        }
+      }
+    }
+  }
+}
+
+// Given scales: one per row, or one for all (stride 0).
+TEST(QMatmulRef, GivenScalesAreUsedAsGiven) {
+  const std::vector<float> x = {1.0f, -2.0f, 3.0f, 0.26f, 100.0f, -0.5f};
+  const float per_row[] = {0.5f, 0.25f};
+  std::vector<int8_t> codes(6);
+  std::vector<float> scale(2);
+  std::vector<uint8_t> mask(6);
+  quantize_rows_ref<MatmulFormat::int8, float>(
+      x.data(),
+      3,
+      {per_row, 1},
+      {codes.data(), scale.data(), mask.data()},
+      0,
+      2);
+  EXPECT_EQ(codes, (std::vector<int8_t>{2, -4, 6, 1, 127, -2}));
+  EXPECT_EQ(mask, (std::vector<uint8_t>{1, 1, 1, 1, 0, 1}));
+  EXPECT_EQ(scale, (std::vector<float>{0.5f, 0.25f}));
+  quantize_rows_ref<MatmulFormat::int8, float>(
+      x.data(), 3, {per_row, 0}, {codes.data(), scale.data(), nullptr}, 0, 2);
+  EXPECT_EQ(codes, (std::vector<int8_t>{2, -4, 6, 1, 127, -1}));
+  EXPECT_EQ(scale, (std::vector<float>{0.5f, 0.5f}));
+}
+
+// int8 sums against a 64-bit count on alignment-edge shapes; the epilogue's
+// arithmetic order.
+TEST(QMatmulRef, Int8SumsAreExactAndDequantized) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> code(-128, 127);
+  for (int64_t m : {1, 7, 33}) {
+    for (int64_t k : {1, 16, 129}) {
+      for (int64_t n : {7, 64}) {
+        std::vector<int8_t> a(m * k), b(n * k);
+        for (auto& v : a)
+          v = static_cast<int8_t>(code(rng));
+        for (auto& v : b)
+          v = static_cast<int8_t>(code(rng));
+        std::vector<int32_t> acc(m * n);
+        matmul_codes_ref<MatmulFormat::int8>(
+            a.data(), b.data(), acc.data(), n, k, 0, m);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            int64_t sum = 0;
+            for (int64_t l = 0; l < k; ++l)
+              sum += int64_t{a[i * k + l]} * b[j * k + l];
+            ASSERT_EQ(acc[i * n + j], sum) << m << "x" << k << "x" << n;
+          }
+        }
+      }
+    }
+  }
+  const int32_t acc[] = {3, -5};
+  const float a_scale[] = {0.1f}, b_scale[] = {0.3f, 0.7f},
+              bias[] = {1.0f, 2.0f};
+  float out[2];
+  dequantize_ref<int32_t, float>(
+      acc, 2, {a_scale, b_scale, bias}, out, 2, 0, 1);
+  EXPECT_EQ(bits_of(out[0]), bits_of(3.0f * (0.1f * 0.3f) + 1.0f));
+  EXPECT_EQ(bits_of(out[1]), bits_of(-5.0f * (0.1f * 0.7f) + 2.0f));
 }
 
 TEST(CpuIsa, SelectionFollowsTheCpu) {

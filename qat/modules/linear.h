@@ -1,5 +1,9 @@
 // QuantLinear: torch::nn::Linear with fake-quantized weight and optional
-// input / output activation quantizers.
+// input / output activation quantizers. On CUDA, with int8 or e4m3 weights
+// and per-token dynamic int8 / e4m3 inputs (the w8a8_int8, w4a8 and fp8_e4m3
+// presets), the forward runs on the int8 / FP8 tensor cores
+// (qat::ops::quant_linear) with the fake-quant path's results up to float
+// summation order.
 //
 // Example:
 //   torch::nn::Linear fc(256, 64);
