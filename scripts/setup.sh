@@ -51,6 +51,26 @@ else
   echo "$want" >"$stamp"
 fi
 
+# --- llama.cpp (llama-cpp-python): built from its source once, then a cached wheel ------------
+# CPU only, portable (no -march=native), without the tools and the multimodal library. About
+# 6 minutes on 2 cores the first time; later runs install the cached wheel.
+llama_cpp_version=0.3.36
+if ! "$venv/bin/python" -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '$llama_cpp_version')" 2>/dev/null; then
+  wheel=$(ls "$cache"/wheels/llama_cpp_python-$llama_cpp_version-*.whl 2>/dev/null | head -1 || true)
+  if [[ -z $wheel ]]; then
+    log "building llama-cpp-python $llama_cpp_version (llama.cpp for the GGUF conformance test; once)"
+    "$venv/bin/pip" download -q --no-deps --no-binary :all: -d "$cache/wheels" "llama-cpp-python==$llama_cpp_version"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+      CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$venv/bin/pip" wheel -q --no-deps --no-build-isolation --no-index \
+      -w "$cache/wheels" "$cache/wheels/llama_cpp_python-$llama_cpp_version.tar.gz"
+    wheel=$(ls "$cache"/wheels/llama_cpp_python-$llama_cpp_version-*.whl | head -1)
+  fi
+  log "installing $(basename "$wheel")"
+  "$venv/bin/pip" install -q --no-index --no-deps "$wheel"
+else
+  log "llama-cpp-python $llama_cpp_version: present"
+fi
+
 # --- Data that Debian ships inside another package -------------------------------------------
 # scikit-learn's 8x8 digits (1797 images, CSV) from the python3-sklearn .deb, extracted without
 # installing the package.

@@ -36,6 +36,17 @@
 //                      on them (eval mode) and every fake-quantized weight
 //                      "LAYER.weight" as its quantizer sees it (convolutions
 //                      flattened, BatchNorm folded)
+//   gguf-q4_0 IN_GGUF OUT_GGUF
+//                      the GGUF llama model IN_GGUF (SmolLM2) with every
+//                      Linear layer quantized to Q4_0 by rounding to nearest,
+//                      exported as GGUF
+//   evaluate-gguf GGUF TEXT CONTEXT OUT
+//                      the GGUF llama model read as served on TEXT, tokenized
+//                      with its BPE and cut into windows of CONTEXT tokens:
+//                      "tokens" [windows, CONTEXT], "nll" [windows, CONTEXT -
+//                      1] (each token's negative log-likelihood given the
+//                      tokens before it in its window) and "logits" of the
+//                      first window
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
@@ -305,6 +316,66 @@ void export_onnx_model(
   qat::safetensors::write(out_path, out);
 }
 
+// Quantizes every Linear layer of the GGUF model at `in_path` to GGUF Q4_0
+// (round to nearest, as PTQ does; the tied embedding stays float) and exports
+// it to `gguf_path`.
+void gguf_q4_0(const char* in_path, const char* gguf_path) {
+  using namespace qat::models;
+  const auto source = qat::gguf::File::read(in_path);
+  LlamaForCausalLM lm = load_llama_gguf(source);
+  qat::prepare(
+      *lm,
+      {{qat::QuantRule::quantize("*", qat::preset("gguf_q4_0"), "Linear")}});
+  qat::convert(*lm);
+  save_llama_gguf(*lm, gguf_path, "qat conformance", &source);
+}
+
+// What qat's evaluator computes for the model in `gguf_path` (read as
+// served: every tensor dequantized) on the text in `text_path`: its tokens,
+// cut into windows of `context`, each token's negative log-likelihood given
+// the tokens before it in its window, and the logits of the first window.
+void evaluate_gguf(
+    const char* gguf_path,
+    const char* text_path,
+    const char* context_arg,
+    const char* out_path) {
+  using namespace qat::models;
+  const auto file = qat::gguf::File::read(gguf_path);
+  LlamaForCausalLM lm = load_llama_gguf(file);
+  lm->eval();
+  const auto tokenizer = qat::data::BpeTokenizer::from_gguf(file);
+  std::ifstream in(text_path);
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto ids = tokenizer.encode(text.str());
+  const int64_t context = std::stoll(context_arg);
+  const int64_t windows = static_cast<int64_t>(ids.size()) / context;
+  if (windows == 0)
+    throw std::invalid_argument("evaluate-gguf: text shorter than a window");
+  torch::NoGradGuard no_grad;
+  const auto tokens = torch::tensor(ids, torch::kLong)
+                          .narrow(0, 0, windows * context)
+                          .view({windows, context});
+  std::vector<torch::Tensor> nll;
+  torch::Tensor first_logits;
+  for (int64_t w = 0; w < windows; ++w) {
+    const auto window = tokens.narrow(0, w, 1);
+    const auto logits = lm(window)[0];
+    if (w == 0)
+      first_logits = logits;
+    nll.push_back(torch::nn::functional::cross_entropy(
+        logits.narrow(0, 0, context - 1),
+        window[0].narrow(0, 1, context - 1),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(
+            torch::kNone)));
+  }
+  qat::safetensors::write(
+      out_path,
+      {{"tokens", tokens},
+       {"logits", first_logits},
+       {"nll", torch::stack(nll)}});
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -316,7 +387,9 @@ int main(int argc, char** argv) {
       {"gguf-read", 2},
       {"gguf-export", 3},
       {"tokenize", 3},
-      {"onnx", 4}};
+      {"onnx", 4},
+      {"gguf-q4_0", 2},
+      {"evaluate-gguf", 4}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
@@ -325,7 +398,11 @@ int main(int argc, char** argv) {
         "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n"
         "       %s gguf-export TOKENIZER_GGUF OUT_GGUF OUT.safetensors\n"
         "       %s tokenize GGUF TEXT OUT.safetensors\n"
-        "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n",
+        "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n"
+        "       %s gguf-q4_0 IN.gguf OUT.gguf\n"
+        "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n",
+        argv[0],
+        argv[0],
         argv[0],
         argv[0],
         argv[0],
@@ -346,8 +423,12 @@ int main(int argc, char** argv) {
       gguf_export(argv[2], argv[3], argv[4]);
     else if (command == "tokenize")
       tokenize(argv[2], argv[3], argv[4]);
-    else
+    else if (command == "onnx")
       export_onnx_model(argv[2], argv[3], argv[4], argv[5]);
+    else if (command == "gguf-q4_0")
+      gguf_q4_0(argv[2], argv[3]);
+    else
+      evaluate_gguf(argv[2], argv[3], argv[4], argv[5]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
