@@ -184,6 +184,9 @@ torch::Tensor QuantizedWeight::dequantize() const {
 }
 
 int64_t QuantizedWeight::storage_bytes() const {
+  // GGUF blocks hold their own half scales; `scale` is a float32 view of them.
+  if (spec.gguf() != GgufRule::none)
+    return data.numel() * data.element_size();
   return data.numel() * data.element_size() + scale.numel() * 4 +
       (zero_point.defined() ? zero_point.numel() * 4 : 0);
 }

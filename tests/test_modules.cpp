@@ -500,6 +500,8 @@ TEST(Convert, GgufPresetsConvertToGgmlBlocks) {
     const QuantizedWeight& q = *layer->quantized_weight;
     EXPECT_EQ(q.data.sizes(), (std::vector<int64_t>{24, 3 * bytes}));
     EXPECT_EQ(q.scale.sizes(), (std::vector<int64_t>{24, 3}));
+    // The blocks hold their scales: 4.5 (Q4_0) or 8.5 (Q8_0) bits a weight.
+    EXPECT_EQ(q.storage_bytes(), 24 * 3 * bytes);
     const auto codes = q.codes();
     EXPECT_GE(codes.min().item<int>(), lo);
     EXPECT_LE(codes.max().item<int>(), hi);

@@ -12,10 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "qat/export/gguf.h"
 #include "qat/fake_quant.h"
 #include "tests/test_helpers.h"
 #include "trainers/checkpoint.h"
 #include "trainers/models/classifiers.h"
+#include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
 #include "trainers/trainer.h"
 
@@ -412,8 +414,11 @@ TEST_F(JobTest, LanguageModelsReportPerplexity) {
        "trainer.qat.eval_every=0",
        "trainer.ptq.schemes=[q4_0]",
        "trainer.qat.schemes=[q4_0]",
-       "data.eval_windows=32"});
-  const auto results = run(recipe, {}, {"float", "ptq", "qat", "eval"});
+       "data.eval_windows=32",
+       "export.format=gguf",
+       "export.schemes=[q4_0]"});
+  const auto results =
+      run(recipe, {}, {"float", "ptq", "qat", "eval", "export"});
   ASSERT_EQ(results.size(), 3u);
   for (const auto& r : results) {
     for (const auto* m : {&r.validation, &r.test}) {
@@ -434,6 +439,21 @@ TEST_F(JobTest, LanguageModelsReportPerplexity) {
       "| model | test perplexity | vs float | validation perplexity | test loss | weights | "
       "QAT recovers |");
   EXPECT_TRUE(fs::exists(temp_ / "kjv/perplexity.png"));
+  // The QAT model as GGUF: its Linear layers as the Q4_0 blocks it trained
+  // with, the rest F32, readable as a decoder again.
+  const auto exported = gguf::File::read(temp_ / "kjv/export/q4_0.gguf");
+  for (const auto& t : exported.tensors()) {
+    const bool linear = t.name.find("attn_") != std::string::npos ||
+        t.name.find("ffn_gate") != std::string::npos ||
+        t.name.find("ffn_up") != std::string::npos ||
+        t.name.find("ffn_down") != std::string::npos;
+    const bool norm = t.name.find("norm") != std::string::npos;
+    EXPECT_EQ(
+        t.type,
+        linear && !norm ? gguf::TensorType::q4_0 : gguf::TensorType::f32)
+        << t.name;
+  }
+  EXPECT_NO_THROW(models::load_llama_gguf(exported));
 }
 
 } // namespace

@@ -4,7 +4,7 @@
 //   qat calibrate RECIPE [KEY=VALUE ...]      float model + PTQ + the table
 //   qat eval RECIPE --checkpoint FILE [--scheme NAME] [KEY=VALUE ...]
 //   qat export RECIPE --checkpoint FILE --scheme NAME --out FILE
-//              [--format native|onnx]
+//              [--format native|gguf|onnx]
 //   qat info RECIPE [--scheme NAME]
 //
 // Exit codes: 0 done, 1 the job failed (bad recipe, bad data, NaN loss, ...;
@@ -130,9 +130,9 @@ int main(int argc, char** argv) {
       ->add_option(
           "--format",
           c.format,
-          "native (safetensors) or onnx (QuantizeLinear / DequantizeLinear "
-          "graph; mlp and resnet)")
-      ->check(CLI::IsMember({"native", "onnx"}));
+          "native (safetensors), gguf (llama.cpp; the Llama-style decoder) "
+          "or onnx (QuantizeLinear / DequantizeLinear graph; mlp and resnet)")
+      ->check(CLI::IsMember(qat::train::export_formats()));
 
   auto* info = app.add_subcommand(
       "info", "model, per-layer quantization, parameter counts, sizes");
@@ -174,14 +174,7 @@ int main(int argc, char** argv) {
     } else if (exporter->parsed()) {
       const auto sizes =
           job.export_checkpoint(c.checkpoint, c.scheme, c.out, c.format);
-      std::printf(
-          "%s: %lld bytes (float weights %lld bytes; theoretical %lld bytes: "
-          "quantized weights at their bits with scales and zero points, the "
-          "rest fp32)\n",
-          c.out.c_str(),
-          static_cast<long long>(sizes.file_bytes),
-          static_cast<long long>(sizes.float_bytes),
-          static_cast<long long>(sizes.theoretical_bytes));
+      std::printf("%s\n", qat::train::describe(sizes, c.out).c_str());
     } else {
       std::printf("%s", job.info(c.scheme).c_str());
     }

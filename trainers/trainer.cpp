@@ -197,6 +197,25 @@ int64_t served_bytes(torch::nn::Module& model) {
 
 } // namespace
 
+std::vector<std::string> export_formats() {
+  return {"native", "gguf", "onnx"};
+}
+
+std::string export_extension(const std::string& format) {
+  return format == "gguf" ? ".gguf"
+      : format == "onnx"  ? ".onnx"
+                          : ".safetensors";
+}
+
+std::string describe(const ExportSizes& sizes, const std::string& path) {
+  return path + " (" + human_bytes(static_cast<double>(sizes.file_bytes)) +
+      "; float " + human_bytes(static_cast<double>(sizes.float_bytes)) +
+      "; theoretical " +
+      human_bytes(static_cast<double>(sizes.theoretical_bytes)) +
+      ": quantized weights at their bits with scales and zero points, the "
+      "rest fp32)";
+}
+
 // ---------------------------------------------------------------------------
 
 struct Job::State {
@@ -589,12 +608,50 @@ struct Job::State {
     }
   }
 
+  // The converted `served` model written to `path` as `format` (see
+  // Job::export_checkpoint), with the sizes to print beside it.
+  ExportSizes write_export(
+      torch::nn::Module& served,
+      const std::string& format,
+      const std::string& path,
+      const std::string& title) {
+    if (fs::path(path).has_parent_path())
+      fs::create_directories(fs::path(path).parent_path());
+    if (format == "native") {
+      save_converted(served, path);
+    } else if (format == "gguf") {
+      auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(&served);
+      if (!lm)
+        throw std::invalid_argument(
+            "format gguf exports the Llama-style decoder only");
+      models::save_llama_gguf(*lm, path, title, task().gguf_source());
+    } else if (format == "onnx") {
+      const auto* classifier =
+          dynamic_cast<const models::ImageClassifier*>(&served);
+      if (!classifier)
+        throw std::invalid_argument(
+            "format onnx exports the image classifiers (mlp, resnet) only");
+      const auto images = task().calibration_batch(0).inputs;
+      models::save_onnx(*classifier, images.sizes().slice(1).vec(), path);
+    } else {
+      throw std::invalid_argument(
+          "unknown export format '" + format + "'; expected " +
+          join_names(export_formats()));
+    }
+    ExportSizes sizes;
+    sizes.file_bytes = static_cast<int64_t>(fs::file_size(path));
+    sizes.float_bytes = weight_bytes(*float_model, "");
+    sizes.theoretical_bytes = served_bytes(served);
+    return sizes;
+  }
+
   void export_stage() {
     const auto format = recipe.get<std::string>("export.format", "native");
-    if (format != "native" && format != "gguf")
+    const auto formats = export_formats();
+    if (std::find(formats.begin(), formats.end(), format) == formats.end())
       recipe.fail_at(
           "export.format",
-          "unknown format '" + format + "'; expected native or gguf");
+          "unknown format '" + format + "'; expected " + join_names(formats));
     for (const auto& name :
          recipe.get<std::vector<std::string>>("export.schemes")) {
       if (!qat_models.count(name)) {
@@ -605,38 +662,24 @@ struct Job::State {
                     "trainer.qat.schemes")) +
                 ")");
       }
-      const auto path = (fs::path(run_dir) / "export" /
-                         (name + (format == "gguf" ? ".gguf" : ".safetensors")))
-                            .string();
-      fs::create_directories(fs::path(path).parent_path());
+      const auto path =
+          (fs::path(run_dir) / "export" / (name + export_extension(format)))
+              .string();
       auto served = copy_of_float(name);
       load_module_state(
           *served, module_state(*qat_models[name]), "the QAT model");
       convert(*served);
-      if (format == "gguf") {
-        auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(served.get());
-        if (!lm)
-          recipe.fail_at(
-              "export.format", "gguf exports the Llama-style decoder only");
-        models::save_llama_gguf(
-            *lm,
+      ExportSizes sizes;
+      try {
+        sizes = write_export(
+            *served,
+            format,
             path,
-            recipe.get<std::string>("run.name") + " " + name,
-            task().gguf_source());
-      } else {
-        save_converted(*served, path);
+            recipe.get<std::string>("run.name") + " " + name);
+      } catch (const std::invalid_argument& e) {
+        recipe.fail_at("export.format", e.what());
       }
-      // The file beside the float weights and the theoretical size (bits per
-      // weight plus scales, float for what stays float).
-      std::printf(
-          "export: %s (%s; float %s; theoretical %s)\n",
-          path.c_str(),
-          human_bytes(static_cast<double>(fs::file_size(path))).c_str(),
-          human_bytes(static_cast<double>(weight_bytes(*float_model, "")))
-              .c_str(),
-          human_bytes(
-              static_cast<double>(weight_bytes(*qat_models[name], name)))
-              .c_str());
+      std::printf("export: %s\n", describe(sizes, path).c_str());
     }
   }
 
@@ -848,33 +891,16 @@ ExportSizes Job::export_checkpoint(
     const std::string& path,
     const std::string& format) {
   auto& s = *state_;
+  s.float_model = s.build_model();
   auto model = s.build_model();
-  ExportSizes sizes;
-  sizes.float_bytes = served_bytes(*model);
   prepare(*model, s.scheme(scheme));
   load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
   convert(*model);
-  sizes.theoretical_bytes = served_bytes(*model);
-  if (fs::path(path).has_parent_path())
-    fs::create_directories(fs::path(path).parent_path());
-  if (format == "native") {
-    save_converted(*model, path);
-  } else if (format == "onnx") {
-    const auto* classifier =
-        dynamic_cast<const models::ImageClassifier*>(model.get());
-    if (!classifier) {
-      throw std::invalid_argument(
-          "export --format onnx: '" + s.recipe.get<std::string>("model.type") +
-          "' is not an image classifier (mlp, resnet)");
-    }
-    const auto images = s.task().calibration_batch(0).inputs;
-    models::save_onnx(*classifier, images.sizes().slice(1).vec(), path);
-  } else {
-    throw std::invalid_argument(
-        "export: unknown format '" + format + "'; expected native or onnx");
-  }
-  sizes.file_bytes = static_cast<int64_t>(fs::file_size(path));
-  return sizes;
+  return s.write_export(
+      *model,
+      format,
+      path,
+      s.recipe.get<std::string>("run.name") + " " + scheme);
 }
 
 std::string Job::info(const std::string& scheme) {

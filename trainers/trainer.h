@@ -64,6 +64,13 @@ struct ModelResult {
 struct ExportSizes {
   int64_t file_bytes = 0, float_bytes = 0, theoretical_bytes = 0;
 };
+// "PATH (1.2 MiB; float 4.1 MiB; theoretical 1.1 MiB: ...)"
+std::string describe(const ExportSizes& sizes, const std::string& path);
+
+// The formats `qat export --format` and the recipes' export.format accept,
+// and the file name extension of each.
+std::vector<std::string> export_formats();
+std::string export_extension(const std::string& format);
 
 class Job {
  public:
@@ -82,8 +89,10 @@ class Job {
       const std::string& checkpoint,
       const std::string& scheme);
   // `qat export`: converts the QAT model in `checkpoint` and writes it to
-  // `path` as `format`: "native" (qat::save_converted) or "onnx" (a
-  // QuantizeLinear / DequantizeLinear graph; the image classifiers).
+  // `path` as `format`: "native" (qat::save_converted), "gguf" (llama.cpp's
+  // format; the Llama-style decoder) or "onnx" (a QuantizeLinear /
+  // DequantizeLinear graph; the image classifiers). Unknown formats and
+  // models a format cannot hold throw std::invalid_argument.
   ExportSizes export_checkpoint(
       const std::string& checkpoint,
       const std::string& scheme,

@@ -117,6 +117,11 @@ def main(qat: str, recipes: str) -> int:
                   f"ONNX Runtime runs the exported w4a4 model: {logits.shape}")
         except Exception as e:  # the checker's and the runtime's errors alike
             check(False, f"exported ONNX model: {e}")
+        out = run(qat, "export", digits, "--checkpoint", final, "--scheme", "w4a4", "--out",
+                  os.path.join(tmp, "w4a4.gguf"), "--format", "gguf")
+        check(out.returncode == 1 and "Llama-style decoder" in out.stderr
+              and not os.path.exists(os.path.join(tmp, "w4a4.gguf")),
+              f"qat export --format gguf of an MLP: exit 1 with the reason, no file: {out.stderr}")
         info = run(qat, "info", digits, "--scheme", "w4a4")
         check(info.returncode == 0 and all(n in info.stdout for n in ("fc0", "fc1", "head", "int4")),
               f"qat info lists the layers and their specs: {info.stdout}")
