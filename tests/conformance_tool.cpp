@@ -36,10 +36,11 @@
 //                      on them (eval mode) and every fake-quantized weight
 //                      "LAYER.weight" as its quantizer sees it (convolutions
 //                      flattened, BatchNorm folded)
-//   gguf-q4_0 IN_GGUF OUT_GGUF
+//   gguf-quantize IN_GGUF OUT_GGUF TYPE
 //                      the GGUF llama model IN_GGUF (SmolLM2) with every
-//                      Linear layer quantized to Q4_0 by rounding to nearest,
-//                      exported as GGUF
+//                      Linear layer quantized to TYPE (q8_0, q4_0) by
+//                      rounding to nearest, or kept float (f32), exported as
+//                      GGUF
 //   evaluate-gguf GGUF TEXT CONTEXT OUT
 //                      the GGUF llama model read as served on TEXT, tokenized
 //                      with its BPE and cut into windows of CONTEXT tokens:
@@ -316,17 +317,26 @@ void export_onnx_model(
   qat::safetensors::write(out_path, out);
 }
 
-// Quantizes every Linear layer of the GGUF model at `in_path` to GGUF Q4_0
-// (round to nearest, as PTQ does; the tied embedding stays float) and exports
-// it to `gguf_path`.
-void gguf_q4_0(const char* in_path, const char* gguf_path) {
+// The GGUF model at `in_path` with every Linear layer quantized to `type`
+// (q8_0 or q4_0, round to nearest as PTQ does; f32 keeps the float model;
+// the tied embedding stays float), exported to `gguf_path`.
+void gguf_quantize(
+    const char* in_path,
+    const char* gguf_path,
+    const std::string& type) {
   using namespace qat::models;
   const auto source = qat::gguf::File::read(in_path);
   LlamaForCausalLM lm = load_llama_gguf(source);
-  qat::prepare(
-      *lm,
-      {{qat::QuantRule::quantize("*", qat::preset("gguf_q4_0"), "Linear")}});
-  qat::convert(*lm);
+  if (type != "f32") {
+    if (type != "q8_0" && type != "q4_0")
+      throw std::invalid_argument(
+          "gguf-quantize: type '" + type + "'; expected f32, q8_0 or q4_0");
+    qat::prepare(
+        *lm,
+        {{qat::QuantRule::quantize(
+            "*", qat::preset("gguf_" + type), "Linear")}});
+    qat::convert(*lm);
+  }
   save_llama_gguf(*lm, gguf_path, "qat conformance", &source);
 }
 
@@ -388,7 +398,7 @@ int main(int argc, char** argv) {
       {"gguf-export", 3},
       {"tokenize", 3},
       {"onnx", 4},
-      {"gguf-q4_0", 2},
+      {"gguf-quantize", 3},
       {"evaluate-gguf", 4}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
@@ -399,7 +409,7 @@ int main(int argc, char** argv) {
         "       %s gguf-export TOKENIZER_GGUF OUT_GGUF OUT.safetensors\n"
         "       %s tokenize GGUF TEXT OUT.safetensors\n"
         "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n"
-        "       %s gguf-q4_0 IN.gguf OUT.gguf\n"
+        "       %s gguf-quantize IN.gguf OUT.gguf f32|q8_0|q4_0\n"
         "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n",
         argv[0],
         argv[0],
@@ -425,8 +435,8 @@ int main(int argc, char** argv) {
       tokenize(argv[2], argv[3], argv[4]);
     else if (command == "onnx")
       export_onnx_model(argv[2], argv[3], argv[4], argv[5]);
-    else if (command == "gguf-q4_0")
-      gguf_q4_0(argv[2], argv[3]);
+    else if (command == "gguf-quantize")
+      gguf_quantize(argv[2], argv[3], argv[4]);
     else
       evaluate_gguf(argv[2], argv[3], argv[4], argv[5]);
   } catch (const std::exception& e) {

@@ -63,18 +63,24 @@ std::string Progress::line(int64_t step, double loss, double lr) const {
     bar = "[" + std::string(filled, '#') + std::string(kWidth - filled, '.') +
         "] ";
   }
+  // Slow steps (a pretrained LLM on a CPU) read better as seconds a step.
+  char speed[32];
+  if (rate >= 1 || rate == 0)
+    std::snprintf(speed, sizeof speed, "%.1f it/s", rate);
+  else
+    std::snprintf(speed, sizeof speed, "%.1f s/it", 1 / rate);
   char text[256];
   std::snprintf(
       text,
       sizeof text,
-      "%s %s%lld/%lld loss %.4f lr %.2e %.1f it/s ETA %s",
+      "%s %s%lld/%lld loss %.4f lr %.2e %s ETA %s",
       stage_.c_str(),
       bar.c_str(),
       static_cast<long long>(step),
       static_cast<long long>(total_),
       loss,
       lr,
-      rate,
+      speed,
       format_duration(eta).c_str());
   return text;
 }
