@@ -48,6 +48,18 @@
 //                      1] (each token's negative log-likelihood given the
 //                      tokens before it in its window) and "logits" of the
 //                      first window
+//   compressed-tensors CASE OUT_DIR OUT
+//                      a small random decoder prepared with the scheme CASE
+//                      (compressed_tensors_case()), calibrated on random
+//                      tokens, converted and exported as a compressed-tensors
+//                      checkpoint folder OUT_DIR (sharded for "mixed"); OUT
+//                      holds "tokens", the converted model's "logits" on
+//                      them, the float model's "float_logits", and every
+//                      quantized layer's dequantized weight "LAYER.weight"
+//   compressed-tensors-gguf GGUF PRESET OUT_DIR OUT
+//                      the same for the GGUF llama model GGUF (SmolLM2) with
+//                      every Linear layer at PRESET (w8a8_int8, fp8_e4m3),
+//                      "tokens" a tokenized English sentence
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
@@ -386,6 +398,162 @@ void evaluate_gguf(
        {"nll", torch::stack(nll)}});
 }
 
+// The schemes of the compressed-tensors conformance test, each a format (and
+// a corner of it) that vLLM and transformers load.
+struct CompressedTensorsCase {
+  qat::QuantConfig scheme;
+  bool tied = false;
+  int64_t max_shard_bytes = 5'000'000'000;
+};
+
+CompressedTensorsCase compressed_tensors_case(const std::string& name) {
+  using qat::FakeQuantizerOptions;
+  using qat::Granularity;
+  using qat::QuantRule;
+  using qat::QuantSpec;
+  const auto linear = [](qat::LayerQuantSpecs specs) {
+    return qat::QuantConfig{{QuantRule::quantize("*", specs, "Linear")}};
+  };
+  const auto int4_groups = [](int64_t group) {
+    return QuantSpec()
+        .bits(4)
+        .granularity(Granularity::per_group)
+        .axis(-1)
+        .group_size(group);
+  };
+  if (name == "w8a8_dynamic") // int-quantized, per-token dynamic inputs
+    return {linear(qat::preset("w8a8_int8"))};
+  if (name == "w8a8_static") // int-quantized, calibrated inputs; tied head
+    return {linear(qat::preset("w8a8_int8_static")), true};
+  if (name == "w8a8_affine") { // affine LSQ weights and affine inputs
+    return {linear(
+        {FakeQuantizerOptions(
+             QuantSpec().granularity(Granularity::per_channel).symmetric(false))
+             .estimator(qat::Estimator::lsq),
+         QuantSpec().symmetric(false),
+         {}})};
+  }
+  if (name == "w4a16_g128") // pack-quantized, symmetric
+    return {linear(qat::preset("w4a16_g128"))};
+  if (name == "w4a16_g32_affine") // pack-quantized, unsigned affine codes
+    return {
+        linear({int4_groups(32).is_signed(false).symmetric(false), {}, {}})};
+  if (name == "fp8") // float-quantized, per-token dynamic e4m3 inputs
+    return {linear(qat::preset("fp8_e4m3"))};
+  if (name == "mixed") { // mixed-precision, a float layer, sharded
+    return {
+        {{QuantRule::skip("model.layers.1.mlp.down_proj"),
+          QuantRule::quantize("*self_attn*", qat::preset("w8a8_int8")),
+          QuantRule::quantize("*mlp*", {int4_groups(32), {}, {}}),
+          QuantRule::quantize("lm_head", qat::preset("fp8_e4m3"))}},
+        false,
+        60'000};
+  }
+  throw std::invalid_argument(
+      "unknown compressed-tensors case '" + name +
+      "'; expected w8a8_dynamic, w8a8_static, w8a8_affine, w4a16_g128, "
+      "w4a16_g32_affine, fp8 or mixed");
+}
+
+// Converts the prepared, calibrated `lm`, exports it to `dir` and writes
+// what the test compares to `out_path`.
+void export_compressed_tensors(
+    qat::models::LlamaForCausalLMImpl& lm,
+    const torch::Tensor& tokens,
+    const torch::Tensor& float_logits,
+    const std::string& dir,
+    int64_t max_shard_bytes,
+    const char* out_path) {
+  qat::convert(lm);
+  lm.eval();
+  torch::NoGradGuard no_grad;
+  const auto report =
+      qat::models::save_llama_compressed_tensors(lm, dir, max_shard_bytes);
+  std::printf(
+      "compressed-tensors: %s, %lld layers, %zu files, %lld bytes\n",
+      report.format.c_str(),
+      static_cast<long long>(report.quantized_layers),
+      report.files.size(),
+      static_cast<long long>(report.file_bytes));
+  Tensors out{
+      {"tokens", tokens},
+      {"logits", lm.forward(tokens)},
+      {"float_logits", float_logits}};
+  for (const auto& [name, weight] : qat::quantized_weights(lm))
+    out.emplace_back(name + ".weight", weight->dequantize());
+  qat::safetensors::write(out_path, out);
+}
+
+void compressed_tensors(
+    const std::string& case_name,
+    const char* dir,
+    const char* out_path) {
+  using namespace qat::models;
+  const CompressedTensorsCase c = compressed_tensors_case(case_name);
+  torch::manual_seed(0);
+  LlamaForCausalLM lm(LlamaConfig()
+                          .vocab_size(256)
+                          .hidden_size(128)
+                          .intermediate_size(256)
+                          .num_hidden_layers(2)
+                          .num_attention_heads(4)
+                          .num_key_value_heads(2)
+                          .max_position_embeddings(128)
+                          .tie_word_embeddings(c.tied));
+  // Larger weights than the 0.02 initialisation, so that quantization shows
+  // in the logits.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : lm->parameters()) {
+      if (p.dim() == 2)
+        p.normal_(0.0, 0.15);
+    }
+  }
+  lm->eval();
+  const auto tokens = torch::randint(256, {2, 24}, torch::kLong);
+  torch::Tensor float_logits;
+  {
+    torch::NoGradGuard no_grad;
+    float_logits = lm(tokens);
+  }
+  qat::prepare(*lm, c.scheme);
+  qat::calibrate(*lm, [&] {
+    for (int batch = 0; batch < 4; ++batch)
+      lm(torch::randint(256, {4, 32}, torch::kLong));
+  });
+  export_compressed_tensors(
+      *lm, tokens, float_logits, dir, c.max_shard_bytes, out_path);
+}
+
+void compressed_tensors_gguf(
+    const char* gguf_path,
+    const std::string& preset,
+    const char* dir,
+    const char* out_path) {
+  using namespace qat::models;
+  const auto file = qat::gguf::File::read(gguf_path);
+  LlamaForCausalLM lm = load_llama_gguf(file);
+  lm->eval();
+  const auto tokenizer = qat::data::BpeTokenizer::from_gguf(file);
+  const auto tokens =
+      torch::tensor(
+          tokenizer.encode(
+              "In the beginning God created the heaven and the earth. And the "
+              "earth was without form, and void; and darkness was upon the "
+              "face of the deep."),
+          torch::kLong)
+          .unsqueeze(0);
+  torch::Tensor float_logits;
+  {
+    torch::NoGradGuard no_grad;
+    float_logits = lm(tokens);
+  }
+  qat::prepare(
+      *lm, {{qat::QuantRule::quantize("*", qat::preset(preset), "Linear")}});
+  export_compressed_tensors(
+      *lm, tokens, float_logits, dir, 5'000'000'000, out_path);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -399,7 +567,9 @@ int main(int argc, char** argv) {
       {"tokenize", 3},
       {"onnx", 4},
       {"gguf-quantize", 3},
-      {"evaluate-gguf", 4}};
+      {"evaluate-gguf", 4},
+      {"compressed-tensors", 3},
+      {"compressed-tensors-gguf", 4}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
@@ -410,7 +580,11 @@ int main(int argc, char** argv) {
         "       %s tokenize GGUF TEXT OUT.safetensors\n"
         "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n"
         "       %s gguf-quantize IN.gguf OUT.gguf f32|q8_0|q4_0\n"
-        "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n",
+        "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n"
+        "       %s compressed-tensors CASE OUT_DIR OUT.safetensors\n"
+        "       %s compressed-tensors-gguf GGUF PRESET OUT_DIR OUT.safetensors\n",
+        argv[0],
+        argv[0],
         argv[0],
         argv[0],
         argv[0],
@@ -437,8 +611,12 @@ int main(int argc, char** argv) {
       export_onnx_model(argv[2], argv[3], argv[4], argv[5]);
     else if (command == "gguf-quantize")
       gguf_quantize(argv[2], argv[3], argv[4]);
-    else
+    else if (command == "evaluate-gguf")
       evaluate_gguf(argv[2], argv[3], argv[4], argv[5]);
+    else if (command == "compressed-tensors")
+      compressed_tensors(argv[2], argv[3], argv[4]);
+    else
+      compressed_tensors_gguf(argv[2], argv[3], argv[4], argv[5]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

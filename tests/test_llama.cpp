@@ -2,7 +2,9 @@
 // forward, weights saved and loaded by Hugging Face names (and refused with
 // the file and tensor named when they do not fit), config errors, and the
 // decoder quantized by name patterns. Its logits against transformers'
-// LlamaForCausalLM are checked in tests/python/test_llama.py.
+// LlamaForCausalLM are checked in tests/python/test_llama.py; its
+// compressed-tensors export's layout and refusals here, its contents against
+// compressed-tensors and transformers in tests/python/test_compressed_tensors.py.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -10,10 +12,13 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "ops/ops.h"
 #include "qat/convert.h"
+#include "qat/export/compressed_tensors.h"
 #include "qat/export/safetensors.h"
 #include "qat/prepare.h"
 #include "tests/test_helpers.h"
@@ -252,6 +257,160 @@ TEST(Llama, QuantizesByNameAndServesWhatWasTrained) {
   const auto fake_quantized = lm(tokens);
   EXPECT_EQ(convert(*lm), 1 + 2 * 7);
   EXPECT_TRUE(bitwise_equal(lm(tokens), fake_quantized));
+}
+
+// The format's packing, stated as a bit stream: bit k of a row's stream
+// (its words in order, each least significant bit first) is bit k % b of
+// element k / b's unsigned code, in groups of 32 elements, the last group
+// cut to ceil(cols * b / 32) words.
+TEST(CompressedTensors, PacksCodesAsADenseBitStream) {
+  for (int bits : {2, 3, 4, 5, 8}) {
+    for (int64_t cols : {1, 7, 32, 33, 70}) {
+      const int64_t half = int64_t{1} << (bits - 1);
+      const auto codes = torch::randint(-half, half, {3, cols}, torch::kInt);
+      const auto packed = compressed_tensors::pack_int32(codes, bits);
+      const int64_t words = (cols * bits + 31) / 32;
+      ASSERT_EQ(packed.sizes(), (std::vector<int64_t>{3, words}));
+      for (int64_t r = 0; r < 3; ++r) {
+        for (int64_t k = 0; k < words * 32; ++k) {
+          const auto word =
+              static_cast<uint32_t>(packed[r][k / 32].item<int>());
+          const int64_t element = k / bits;
+          const int64_t expected = element < cols
+              ? ((codes[r][element].item<int>() + half) >> (k % bits)) & 1
+              : 0;
+          ASSERT_EQ((word >> (k % 32)) & 1u, expected)
+              << bits << " bits, " << cols << " columns, row " << r << " bit "
+              << k;
+        }
+      }
+    }
+  }
+  EXPECT_TRUE(qat::testing::throws_with<c10::Error>(
+      [] {
+        compressed_tensors::pack_int32(torch::full({1, 2}, 8, torch::kInt), 4);
+      },
+      "does not fit 4 signed bits"));
+}
+
+TEST(CompressedTensors, ShardsWithAnIndexAndRemovesStaleShards) {
+  qat::testing::TempDir dir;
+  torch::manual_seed(3);
+  LlamaForCausalLM lm(small(/*tied=*/false));
+  prepare(
+      *lm,
+      {{QuantRule::skip("lm_head"),
+        QuantRule::quantize("*mlp*", preset("w8a8_int8"), "Linear"),
+        QuantRule::quantize("*", preset("fp8_e4m3"), "Linear")}});
+  convert(*lm);
+  const auto report =
+      save_llama_compressed_tensors(*lm, dir.path().string(), 20'000);
+  EXPECT_EQ(report.format, "mixed-precision");
+  EXPECT_EQ(report.quantized_layers, 2 * 7);
+  ASSERT_GT(report.files.size(), 3u);
+
+  std::ifstream index_file(dir / "model.safetensors.index.json");
+  const auto index = nlohmann::json::parse(index_file);
+  std::set<std::string> in_shards;
+  int64_t total = 0;
+  for (const auto& file : report.files) {
+    if (file.rfind("model-", 0) != 0)
+      continue;
+    const auto shard = safetensors::File::read(dir / file);
+    int64_t bytes = 0;
+    for (const auto& name : shard.names()) {
+      const auto& info = shard.info(name);
+      bytes += static_cast<int64_t>(info.end - info.begin);
+      EXPECT_EQ(index["weight_map"][name], file) << name;
+      in_shards.insert(name);
+    }
+    // Over the limit only when a single tensor is.
+    EXPECT_TRUE(bytes <= 20'000 || shard.names().size() == 1) << file;
+    total += bytes;
+  }
+  EXPECT_EQ(index["metadata"]["total_size"], total);
+  EXPECT_EQ(in_shards.size(), index["weight_map"].size());
+  for (const char* name :
+       {"lm_head.weight",
+        "model.norm.weight",
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight_scale",
+        "model.layers.1.mlp.down_proj.weight"})
+    EXPECT_TRUE(in_shards.count(name)) << name;
+  for (const auto& name : in_shards)
+    EXPECT_EQ(name.find("quantizer"), std::string::npos) << name;
+
+  std::ifstream config_file(dir / "config.json");
+  const auto config = nlohmann::json::parse(config_file);
+  EXPECT_EQ(config["model_type"], "llama");
+  const auto& q = config["quantization_config"];
+  EXPECT_EQ(q["quant_method"], "compressed-tensors");
+  EXPECT_EQ(q["ignore"], nlohmann::json({"lm_head"}));
+  EXPECT_EQ(q["config_groups"].size(), 2u);
+
+  // One file now: the shards and the index of the first export are gone.
+  const auto again = save_llama_compressed_tensors(*lm, dir.path().string());
+  EXPECT_EQ(
+      again.files,
+      (std::vector<std::string>{"model.safetensors", "config.json"}));
+  int64_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+    files += entry.is_regular_file();
+  EXPECT_EQ(files, 2);
+}
+
+TEST(CompressedTensors, RefusesWhatTheFormatCannotHoldByName) {
+  qat::testing::TempDir dir;
+  const auto attempt =
+      [&](bool tied, const QuantConfig& scheme, bool do_convert = true) {
+        torch::manual_seed(4);
+        LlamaForCausalLM lm(small(tied));
+        prepare(*lm, scheme);
+        if (do_convert)
+          convert(*lm);
+        return error_message(
+            [&] { save_llama_compressed_tensors(*lm, dir.path().string()); });
+      };
+  const auto linear = [](const std::string& preset_name) {
+    return QuantConfig{
+        {QuantRule::quantize("*", preset(preset_name), "Linear")}};
+  };
+  const std::string gguf = attempt(true, linear("gguf_q4_0"));
+  EXPECT_NE(
+      gguf.find("layer 'model.layers.0.self_attn.q_proj': weight "),
+      std::string::npos)
+      << gguf;
+  EXPECT_NE(gguf.find("exported as GGUF (--format gguf)"), std::string::npos)
+      << gguf;
+  EXPECT_NE(
+      attempt(true, linear("w8a8_int8"), false)
+          .find("was not converted; call convert()"),
+      std::string::npos);
+  auto e5m2 = preset("fp8_e4m3");
+  e5m2.weight->spec().format(NumberFormat::fp8_e5m2);
+  EXPECT_NE(
+      attempt(true, {{QuantRule::quantize("*", e5m2, "Linear")}})
+          .find("stores FP8 as e4m3 only"),
+      std::string::npos);
+  LayerQuantSpecs channel_inputs = preset("w8a8_int8");
+  channel_inputs.input = FakeQuantizerOptions(
+      QuantSpec().granularity(Granularity::per_channel).axis(-1));
+  EXPECT_NE(
+      attempt(true, {{QuantRule::quantize("*", channel_inputs, "Linear")}})
+          .find("input_activations int8"),
+      std::string::npos);
+  const LayerQuantSpecs int8_table{
+      QuantSpec().granularity(Granularity::per_channel), {}, {}};
+  EXPECT_NE(
+      attempt(true, {{QuantRule::quantize("model.embed_tokens", int8_table)}})
+          .find("model.embed_tokens is quantized and tied"),
+      std::string::npos);
+  EXPECT_NE(
+      attempt(true, {}).find("no quantized layer to export"),
+      std::string::npos);
+  // Nothing was written by any of them.
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
 } // namespace

@@ -4,7 +4,7 @@
 //   qat calibrate RECIPE [KEY=VALUE ...]      float model + PTQ + the table
 //   qat eval RECIPE --checkpoint FILE [--scheme NAME] [KEY=VALUE ...]
 //   qat export RECIPE --checkpoint FILE --scheme NAME --out FILE
-//              [--format native|gguf|onnx]
+//              [--format native|gguf|onnx|compressed-tensors]
 //   qat info RECIPE [--scheme NAME]
 //
 // Exit codes: 0 done, 1 the job failed (bad recipe, bad data, NaN loss, ...;
@@ -125,13 +125,18 @@ int main(int argc, char** argv) {
       ->add_option(
           "--scheme", c.scheme, "its quantization scheme (quant.<name>)")
       ->required();
-  exporter->add_option("--out", c.out, "output file")->required();
+  exporter
+      ->add_option(
+          "--out", c.out, "output file (folder for compressed-tensors)")
+      ->required();
   exporter
       ->add_option(
           "--format",
           c.format,
-          "native (safetensors), gguf (llama.cpp; the Llama-style decoder) "
-          "or onnx (QuantizeLinear / DequantizeLinear graph; mlp and resnet)")
+          "native (safetensors), gguf (llama.cpp; the Llama-style decoder), "
+          "onnx (QuantizeLinear / DequantizeLinear graph; mlp and resnet) or "
+          "compressed-tensors (vLLM / transformers checkpoint folder; the "
+          "Llama-style decoder)")
       ->check(CLI::IsMember(qat::train::export_formats()));
 
   auto* info = app.add_subcommand(

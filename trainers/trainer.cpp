@@ -195,16 +195,29 @@ int64_t served_bytes(torch::nn::Module& model) {
   return bytes;
 }
 
+// A file's size, or the sizes of the files in a folder.
+int64_t disk_bytes(const std::string& path) {
+  if (!fs::is_directory(path))
+    return static_cast<int64_t>(fs::file_size(path));
+  int64_t bytes = 0;
+  for (const auto& entry : fs::directory_iterator(path)) {
+    if (entry.is_regular_file())
+      bytes += static_cast<int64_t>(entry.file_size());
+  }
+  return bytes;
+}
+
 } // namespace
 
 std::vector<std::string> export_formats() {
-  return {"native", "gguf", "onnx"};
+  return {"native", "gguf", "onnx", "compressed-tensors"};
 }
 
 std::string export_extension(const std::string& format) {
-  return format == "gguf" ? ".gguf"
-      : format == "onnx"  ? ".onnx"
-                          : ".safetensors";
+  return format == "gguf"  ? ".gguf"
+      : format == "onnx"   ? ".onnx"
+      : format == "native" ? ".safetensors"
+                           : ""; // compressed-tensors: a checkpoint folder
 }
 
 std::string describe(const ExportSizes& sizes, const std::string& path) {
@@ -625,6 +638,15 @@ struct Job::State {
         throw std::invalid_argument(
             "format gguf exports the Llama-style decoder only");
       models::save_llama_gguf(*lm, path, title, task().gguf_source());
+    } else if (format == "compressed-tensors") {
+      auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(&served);
+      if (!lm)
+        throw std::invalid_argument(
+            "format compressed-tensors exports the Llama-style decoder only");
+      const int64_t shard_mb = recipe.get<int64_t>("export.max_shard_mb", 5000);
+      if (shard_mb <= 0)
+        recipe.fail_at("export.max_shard_mb", "must be positive");
+      models::save_llama_compressed_tensors(*lm, path, shard_mb * 1'000'000);
     } else if (format == "onnx") {
       const auto* classifier =
           dynamic_cast<const models::ImageClassifier*>(&served);
@@ -639,7 +661,7 @@ struct Job::State {
           join_names(export_formats()));
     }
     ExportSizes sizes;
-    sizes.file_bytes = static_cast<int64_t>(fs::file_size(path));
+    sizes.file_bytes = disk_bytes(path);
     sizes.float_bytes = weight_bytes(*float_model, "");
     sizes.theoretical_bytes = served_bytes(served);
     return sizes;

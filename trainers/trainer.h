@@ -90,8 +90,10 @@ class Job {
       const std::string& scheme);
   // `qat export`: converts the QAT model in `checkpoint` and writes it to
   // `path` as `format`: "native" (qat::save_converted), "gguf" (llama.cpp's
-  // format; the Llama-style decoder) or "onnx" (a QuantizeLinear /
-  // DequantizeLinear graph; the image classifiers). Unknown formats and
+  // format; the Llama-style decoder), "onnx" (a QuantizeLinear /
+  // DequantizeLinear graph; the image classifiers) or "compressed-tensors"
+  // (a Hugging Face checkpoint folder for vLLM / transformers at `path`; the
+  // Llama-style decoder). Unknown formats and
   // models a format cannot hold throw std::invalid_argument.
   ExportSizes export_checkpoint(
       const std::string& checkpoint,

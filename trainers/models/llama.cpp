@@ -2,9 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+
+#include "qat/export/atomic_file.h"
 
 namespace qat::models {
 namespace F = torch::nn::functional;
@@ -144,7 +147,7 @@ LlamaConfig LlamaConfig::from_hf_json(const std::string& path) {
   return c;
 }
 
-void LlamaConfig::save_hf_json(const std::string& path) const {
+std::string LlamaConfig::hf_json() const {
   const nlohmann::json j = {
       {"architectures", {"LlamaForCausalLM"}},
       {"model_type", "llama"},
@@ -165,15 +168,34 @@ void LlamaConfig::save_hf_json(const std::string& path) const {
       {"attention_bias", false},
       {"mlp_bias", false},
       {"torch_dtype", "float32"}};
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << '\n';
-    if (!out.flush())
-      throw std::runtime_error(tmp + ": write failed");
+  return j.dump(2) + "\n";
+}
+
+void LlamaConfig::save_hf_json(const std::string& path) const {
+  const std::string text = hf_json();
+  write_file_atomically(path, "Llama config", [&](std::FILE* f) {
+    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  });
+}
+
+compressed_tensors::ExportReport save_llama_compressed_tensors(
+    LlamaForCausalLMImpl& model,
+    const std::string& directory,
+    int64_t max_shard_bytes) {
+  const LlamaConfig& config = model.config();
+  auto options =
+      compressed_tensors::ExportOptions().max_shard_bytes(max_shard_bytes);
+  if (config.tie_word_embeddings()) {
+    // transformers ties its lm_head to embed_tokens.weight, which a
+    // compressed embedding no longer has.
+    if (!model.model->embed_tokens->quantizers.weight.is_empty()) {
+      throw std::invalid_argument(
+          "compressed-tensors: model.embed_tokens is quantized and tied to "
+          "the head; keep it float or untie the embeddings");
+    }
+    options.ignore({"lm_head"});
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error(path + ": cannot rename " + tmp + " over it");
+  return compressed_tensors::save(model, directory, config.hf_json(), options);
 }
 
 // ---------------------------------------------------------------------------

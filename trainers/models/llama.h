@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "qat/export/compressed_tensors.h"
 #include "qat/modules/embedding.h"
 #include "qat/modules/linear.h"
 
@@ -61,6 +62,8 @@ struct LlamaConfig {
   // this decoder does not have (rope_scaling, attention or MLP biases, an
   // activation other than silu) are refused by name, not ignored.
   static LlamaConfig from_hf_json(const std::string& path);
+  std::string hf_json() const;
+  // Writes hf_json() atomically.
   void save_hf_json(const std::string& path) const;
 };
 
@@ -173,5 +176,16 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   LlamaConfig config_;
 };
 TORCH_MODULE(LlamaForCausalLM);
+
+// A converted decoder as a compressed-tensors checkpoint folder
+// (qat/export/compressed_tensors.h) that transformers and vLLM load: the
+// Hugging Face config.json with its quantization_config, the weights by
+// Hugging Face name, sharded above max_shard_bytes. With tied embeddings
+// transformers' lm_head is the (float) embedding table, listed in "ignore";
+// a quantized tied embedding is refused.
+compressed_tensors::ExportReport save_llama_compressed_tensors(
+    LlamaForCausalLMImpl& model,
+    const std::string& directory,
+    int64_t max_shard_bytes = 5'000'000'000);
 
 } // namespace qat::models

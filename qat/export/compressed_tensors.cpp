@@ -1,0 +1,502 @@
+#include "qat/export/compressed_tensors.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "qat/export/atomic_file.h"
+#include "qat/export/safetensors.h"
+#include "qat/modules/quantizers.h"
+
+namespace qat::compressed_tensors {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+[[noreturn]] void refuse(
+    const std::string& layer,
+    const std::string& role,
+    const QuantSpec& spec,
+    const std::string& why) {
+  throw std::invalid_argument(
+      "compressed-tensors: layer '" + layer + "': " + role + " " +
+      spec.to_string() + ": " + why);
+}
+
+// The offset that makes a spec's codes (and zero points) signed, as the
+// format stores them.
+int64_t signed_shift(const QuantSpec& spec) {
+  return spec.is_signed() ? 0 : int64_t{1} << (spec.bits() - 1);
+}
+
+// The quantizer of `role` when it quantizes (fake-quant switched on), else
+// null: a switched-off quantizer is left out, as the module leaves it out.
+const FakeQuantizerImpl* active(const FakeQuantizer& quantizer) {
+  if (quantizer.is_empty() || !quantizer->fake_quant_enabled())
+    return nullptr;
+  return quantizer.get();
+}
+
+// QuantizationArgs (compressed_tensors/quantization/quant_args.py) of one
+// quantizer.
+json quantization_args(
+    const std::string& layer,
+    const std::string& role,
+    const FakeQuantizerImpl& quantizer,
+    bool is_weight) {
+  const QuantSpec& spec = quantizer.options().spec();
+  if (spec.gguf() != GgufRule::none) {
+    refuse(
+        layer,
+        role,
+        spec,
+        "GGUF block formats are exported as GGUF (--format gguf)");
+  }
+  if (spec.format() == NumberFormat::fp8_e5m2)
+    refuse(layer, role, spec, "compressed-tensors stores FP8 as e4m3 only");
+  json args = {
+      {"num_bits", spec.is_fp8() ? 8 : spec.bits()},
+      {"type", spec.is_fp8() ? "float" : "int"},
+      {"symmetric", spec.is_fp8() || spec.symmetric()},
+      {"group_size", nullptr},
+      // Converted weights have fixed scales, whatever computed them.
+      {"dynamic", !is_weight && spec.dynamic()},
+  };
+  switch (spec.granularity()) {
+    case Granularity::per_tensor:
+      args["strategy"] = "tensor";
+      break;
+    case Granularity::per_channel:
+      if (!is_weight || (spec.axis() != 0 && spec.axis() != -2)) {
+        refuse(
+            layer,
+            role,
+            spec,
+            "per-channel scales are stored for the output channels of "
+            "weights only (axis 0)");
+      }
+      args["strategy"] = "channel";
+      break;
+    case Granularity::per_group:
+      if (!is_weight || (spec.axis() != -1 && spec.axis() != 1)) {
+        refuse(
+            layer,
+            role,
+            spec,
+            "group scales are stored for weights along their input "
+            "dimension only (axis -1)");
+      }
+      args["strategy"] = "group";
+      args["group_size"] = spec.group_size();
+      break;
+    case Granularity::per_token:
+      if (is_weight)
+        refuse(layer, role, spec, "per-token scales are for activations");
+      args["strategy"] = "token";
+      break;
+  }
+  if (!is_weight) {
+    if (spec.narrow_range()) {
+      refuse(
+          layer,
+          role,
+          spec,
+          "compressed-tensors quantizes activations to the full code range");
+    }
+    if (quantizer.options().estimator() == Estimator::pact) {
+      refuse(
+          layer,
+          role,
+          spec,
+          "PACT's clipping level has no place in the format; use ste or lsq");
+    }
+  }
+  return args;
+}
+
+// The scheme of one quantized layer: weights, input and output activations,
+// and the format compressed-tensors infers for it.
+struct LayerScheme {
+  json scheme; // QuantizationScheme without targets
+  std::string format;
+};
+
+LayerScheme layer_scheme(const std::string& name, QuantizedLayer& layer) {
+  const std::string type = layer.layer_type();
+  if (type != "Linear" && type != "Embedding") {
+    throw std::invalid_argument(
+        "compressed-tensors: layer '" + name + "' is a quantized " + type +
+        "; the format holds quantized Linear and Embedding layers (keep it "
+        "float, or export as ONNX)");
+  }
+  const FakeQuantizerImpl* weight = active(layer.quantizers.weight);
+  if (!weight) {
+    throw std::invalid_argument(
+        "compressed-tensors: layer '" + name +
+        "' quantizes activations without its weight; the format's schemes "
+        "quantize weights");
+  }
+  if (!layer.quantized_weight) {
+    throw std::invalid_argument(
+        "compressed-tensors: layer '" + name +
+        "' has a weight quantizer but was not converted; call convert()");
+  }
+  LayerScheme out;
+  out.scheme["weights"] = quantization_args(name, "weight", *weight, true);
+  for (const auto& [role, quantizer] :
+       {std::pair{"input_activations", &layer.quantizers.input},
+        std::pair{"output_activations", &layer.quantizers.output}}) {
+    const FakeQuantizerImpl* q = active(*quantizer);
+    out.scheme[role] =
+        q ? quantization_args(name, role, *q, false) : json(nullptr);
+  }
+  out.format = weight->options().spec().is_fp8()   ? "float-quantized"
+      : !out.scheme["input_activations"].is_null() ? "int-quantized"
+                                                   : "pack-quantized";
+  out.scheme["format"] = out.format;
+  return out;
+}
+
+// A scale or zero point in the format's layout for `strategy`: [N, 1],
+// [N, groups] or [1].
+torch::Tensor param_layout(
+    const torch::Tensor& p,
+    const std::string& strategy,
+    int64_t rows) {
+  if (strategy == "tensor")
+    return p.reshape({1});
+  return p.reshape({rows, -1});
+}
+
+// The tensors of one converted layer, named as the format names them.
+NamedTensors layer_tensors(
+    const std::string& name,
+    QuantizedLayer& layer,
+    const LayerScheme& scheme) {
+  NamedTensors out;
+  const QuantizedWeight& q = *layer.quantized_weight;
+  const QuantSpec& spec = q.spec;
+  const json& weights = scheme.scheme["weights"];
+  const std::string strategy = weights["strategy"];
+  const int64_t rows = q.shape.front();
+  const torch::Tensor scale =
+      param_layout(q.scale.detach().cpu().to(torch::kFloat), strategy, rows);
+  if (scheme.format == "float-quantized") {
+    out.emplace_back(name + ".weight", q.data.cpu());
+  } else {
+    const int64_t shift = signed_shift(spec);
+    const torch::Tensor codes = q.codes().cpu() - shift;
+    torch::Tensor zero_point;
+    if (!spec.symmetric()) {
+      zero_point = param_layout(
+          q.zero_point.detach().cpu().to(torch::kInt) - shift, strategy, rows);
+    }
+    if (scheme.format == "int-quantized") {
+      out.emplace_back(name + ".weight", codes.to(torch::kChar));
+    } else {
+      out.emplace_back(name + ".weight_packed", pack_int32(codes, spec.bits()));
+      out.emplace_back(name + ".weight_shape", torch::tensor(q.shape));
+    }
+    if (zero_point.defined()) {
+      // Group and channel zero points of packed weights are packed too,
+      // along the output channels.
+      const bool packed_zp =
+          scheme.format == "pack-quantized" && strategy != "tensor";
+      out.emplace_back(
+          name + ".weight_zero_point",
+          packed_zp ? pack_int32(zero_point.t(), spec.bits()).t().contiguous()
+                    : zero_point.to(torch::kChar));
+    }
+  }
+  out.emplace_back(name + ".weight_scale", scale);
+  for (const auto& [role, prefix, quantizer] :
+       {std::tuple{"input_activations", ".input", &layer.quantizers.input},
+        std::tuple{
+            "output_activations", ".output", &layer.quantizers.output}}) {
+    const json& args = scheme.scheme[role];
+    if (args.is_null() || args["dynamic"].get<bool>())
+      continue;
+    const FakeQuantizerImpl& fq = **quantizer;
+    const QuantSpec& act = fq.options().spec();
+    out.emplace_back(
+        name + prefix + "_scale",
+        fq.scale().detach().cpu().to(torch::kFloat).reshape({1}));
+    if (!act.is_fp8() && !act.symmetric()) {
+      // A learned (LSQ+) zero point is rounded as the fake-quant op rounds
+      // it.
+      torch::Tensor zp = fq.zero_point().detach().cpu();
+      if (zp.is_floating_point())
+        zp = zp.round().clamp(act.quant_min(), act.quant_max());
+      out.emplace_back(
+          name + prefix + "_zero_point",
+          (zp.to(torch::kInt) - signed_shift(act))
+              .to(torch::kChar)
+              .reshape({1}));
+    }
+  }
+  return out;
+}
+
+struct Plan {
+  json config;
+  std::string format;
+  // Quantized layers by name, with their scheme.
+  std::vector<std::pair<std::string, std::pair<QuantizedLayer*, LayerScheme>>>
+      layers;
+  // Names of quantizer parameters and buffers (not exported as such).
+  std::set<std::string> quantizer_state;
+};
+
+Plan plan(torch::nn::Module& model, const ExportOptions& options) {
+  Plan p;
+  std::map<std::string, std::vector<std::string>> groups; // scheme -> layers
+  std::map<std::string, std::set<std::string>> group_types;
+  std::map<std::string, std::vector<std::string>> float_layers; // by type
+  std::set<std::string> formats;
+  for (const auto& [name, layer] : quantized_layers(model)) {
+    for (const auto& [role, quantizer] :
+         {std::pair{"weight_quantizer", &layer->quantizers.weight},
+          std::pair{"input_quantizer", &layer->quantizers.input},
+          std::pair{"output_quantizer", &layer->quantizers.output}}) {
+      if (quantizer->is_empty())
+        continue;
+      const std::string prefix = name + "." + role + ".";
+      for (const auto& t : (*quantizer)->named_parameters())
+        p.quantizer_state.insert(prefix + t.key());
+      for (const auto& t : (*quantizer)->named_buffers())
+        p.quantizer_state.insert(prefix + t.key());
+    }
+    const bool quantizes = active(layer->quantizers.weight) ||
+        active(layer->quantizers.input) || active(layer->quantizers.output);
+    if (!quantizes) {
+      float_layers[layer->layer_type()].push_back(name);
+      continue;
+    }
+    LayerScheme scheme = layer_scheme(name, *layer);
+    const std::string key = scheme.scheme.dump();
+    groups[key].push_back(name);
+    group_types[key].insert(layer->layer_type());
+    formats.insert(scheme.format);
+    p.layers.emplace_back(name, std::pair{layer, std::move(scheme)});
+  }
+  if (p.layers.empty()) {
+    throw std::invalid_argument(
+        "compressed-tensors: the model has no quantized layer to export");
+  }
+  p.format = formats.size() == 1 ? *formats.begin() : "mixed-precision";
+
+  // Float layers of the quantized classes: in "ignore", so that a class
+  // target leaves them out (and readers see them named).
+  std::vector<std::string> ignore = options.ignore();
+  std::set<std::string> quantized_types;
+  for (const auto& [key, types] : group_types)
+    quantized_types.insert(types.begin(), types.end());
+  for (const auto& type : quantized_types) {
+    ignore.insert(
+        ignore.end(), float_layers[type].begin(), float_layers[type].end());
+  }
+  json config_groups = json::object();
+  int index = 0;
+  for (const auto& [key, names] : groups) {
+    json group = json::parse(key);
+    // One scheme targets its classes; several target their layers by name.
+    group["targets"] = groups.size() == 1
+        ? std::vector<std::string>(
+              group_types[key].begin(), group_types[key].end())
+        : names;
+    config_groups["group_" + std::to_string(index++)] = group;
+  }
+  p.config = {
+      {"quant_method", "compressed-tensors"},
+      {"format", p.format},
+      {"quantization_status", "compressed"},
+      {"config_groups", config_groups},
+      {"ignore", ignore},
+      {"kv_cache_scheme", nullptr},
+      {"global_compression_ratio", nullptr},
+  };
+  return p;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+      s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Every tensor of the served model in module order: float parameters and
+// buffers by name, each converted layer's tensors where its weight was.
+NamedTensors served_tensors(torch::nn::Module& model, const Plan& p) {
+  std::map<std::string, std::pair<QuantizedLayer*, const LayerScheme*>>
+      by_weight;
+  for (const auto& [name, entry] : p.layers)
+    by_weight[name + ".weight"] = {entry.first, &entry.second};
+  NamedTensors out;
+  const auto add = [&](const std::string& name, const torch::Tensor& t) {
+    if (p.quantizer_state.count(name))
+      return;
+    const auto it = by_weight.find(name);
+    if (it == by_weight.end()) {
+      out.emplace_back(name, t.detach().cpu());
+      return;
+    }
+    const std::string layer = name.substr(0, name.size() - 7);
+    for (auto& item :
+         layer_tensors(layer, *it->second.first, *it->second.second))
+      out.push_back(std::move(item));
+  };
+  for (const auto& t : model.named_parameters())
+    add(t.key(), t.value());
+  for (const auto& t : model.named_buffers())
+    add(t.key(), t.value());
+  return out;
+}
+
+int64_t tensor_bytes(const torch::Tensor& t) {
+  return t.numel() * static_cast<int64_t>(t.element_size());
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  write_file_atomically(path, "compressed-tensors export", [&](std::FILE* f) {
+    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  });
+}
+
+} // namespace
+
+torch::Tensor pack_int32(const torch::Tensor& codes, int bits) {
+  TORCH_CHECK(
+      bits >= 1 && bits <= 8, "pack_int32: bits must be in [1, 8], got ", bits);
+  TORCH_CHECK(
+      codes.dim() == 2, "pack_int32: codes must be 2-D, got ", codes.sizes());
+  const torch::Tensor c = codes.cpu().to(torch::kInt).contiguous();
+  const int64_t rows = c.size(0), cols = c.size(1);
+  const int64_t words = (cols * bits + 31) / 32;
+  const int64_t groups = (cols + 31) / 32;
+  torch::Tensor out = torch::zeros({rows, groups * bits}, torch::kInt);
+  const int32_t* in = c.const_data_ptr<int32_t>();
+  auto* packed = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
+  const int32_t offset = 1 << (bits - 1), mask = (1 << bits) - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* row = packed + r * groups * bits;
+    for (int64_t j = 0; j < cols; ++j) {
+      const int32_t code = in[r * cols + j];
+      TORCH_CHECK(
+          code >= -offset && code < offset,
+          "pack_int32: code ",
+          code,
+          " does not fit ",
+          bits,
+          " signed bits");
+      const auto value = static_cast<uint32_t>((code + offset) & mask);
+      // Element i of a group of 32 starts at bit i * bits of its b words.
+      const int64_t bit = (j / 32) * 32 * bits + (j % 32) * bits;
+      const int64_t word = bit / 32, shift = bit % 32;
+      row[word] |= value << shift;
+      if (shift + bits > 32)
+        row[word + 1] |= value >> (32 - shift);
+    }
+  }
+  return out.narrow(1, 0, words).contiguous();
+}
+
+std::string quantization_config(
+    torch::nn::Module& model,
+    const ExportOptions& options) {
+  return plan(model, options).config.dump(2);
+}
+
+ExportReport save(
+    torch::nn::Module& model,
+    const std::string& directory,
+    const std::string& model_config_json,
+    const ExportOptions& options) {
+  json config;
+  try {
+    config = json::parse(model_config_json);
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(
+        std::string("compressed-tensors: the model's config is not JSON: ") +
+        e.what());
+  }
+  if (!config.is_object()) {
+    throw std::invalid_argument(
+        "compressed-tensors: the model's config must be a JSON object");
+  }
+  if (options.max_shard_bytes() <= 0) {
+    throw std::invalid_argument(
+        "compressed-tensors: max_shard_bytes must be positive, got " +
+        std::to_string(options.max_shard_bytes()));
+  }
+  const Plan p = plan(model, options);
+  const NamedTensors tensors = served_tensors(model, p);
+
+  // Consecutive tensors fill a shard up to the limit.
+  std::vector<NamedTensors> shards(1);
+  int64_t shard_bytes = 0, total_bytes = 0;
+  for (const auto& item : tensors) {
+    const int64_t bytes = tensor_bytes(item.second);
+    if (!shards.back().empty() &&
+        shard_bytes + bytes > options.max_shard_bytes()) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(item);
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+
+  fs::create_directories(directory);
+  const fs::path dir(directory);
+  ExportReport report;
+  report.format = p.format;
+  report.quantized_layers = static_cast<int64_t>(p.layers.size());
+  json weight_map = json::object();
+  const size_t n = shards.size();
+  for (size_t i = 0; i < n; ++i) {
+    char name[64];
+    if (n == 1) {
+      std::snprintf(name, sizeof name, "model.safetensors");
+    } else {
+      std::snprintf(
+          name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+    }
+    safetensors::write((dir / name).string(), shards[i], {{"format", "pt"}});
+    for (const auto& item : shards[i])
+      weight_map[item.first] = name;
+    report.files.push_back(name);
+  }
+  if (n > 1) {
+    const json index = {
+        {"metadata", {{"total_size", total_bytes}}},
+        {"weight_map", weight_map}};
+    write_text((dir / "model.safetensors.index.json").string(), index.dump(2));
+    report.files.push_back("model.safetensors.index.json");
+  }
+  config["quantization_config"] = p.config;
+  write_text((dir / "config.json").string(), config.dump(2) + "\n");
+  report.files.push_back("config.json");
+
+  // What an earlier export with another shard count left behind.
+  const std::set<std::string> written(report.files.begin(), report.files.end());
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string file = entry.path().filename().string();
+    const bool ours = file == "model.safetensors" ||
+        file == "model.safetensors.index.json" ||
+        (file.rfind("model-", 0) == 0 && ends_with(file, ".safetensors"));
+    if (ours && !written.count(file))
+      fs::remove(entry.path());
+  }
+  for (const auto& file : report.files)
+    report.file_bytes += static_cast<int64_t>(fs::file_size(dir / file));
+  return report;
+}
+
+} // namespace qat::compressed_tensors

@@ -1,0 +1,231 @@
+"""qat's compressed-tensors export against compressed-tensors and transformers.
+
+For each case `conformance_tool compressed-tensors` quantizes a small random
+Llama-style decoder (PTQ: calibrated, converted) and exports it as a
+compressed-tensors checkpoint folder; `compressed-tensors-gguf` does the same
+for SmolLM2-135M at W8A8. Then:
+
+1. compressed-tensors validates config.json's quantization_config with its own
+   pydantic models, and its own matcher (targets, ignore) picks exactly the
+   layers qat quantized;
+2. compressed-tensors' own decompressor (the compressor registered for each
+   group's format, as ModelCompressor and transformers use it) turns each
+   layer's stored tensors back into its weight, which must equal qat's
+   dequantized weight bit for bit;
+3. transformers loads the folder (CPU, float32; compressed-tensors applies
+   the scheme, activation quantization included) and its logits must equal
+   those of qat's converted model up to float rounding (relative rms 1e-5).
+   One arithmetic difference remains with dynamic int8 activations:
+   compressed-tensors divides by the scale where qat (like ATen) multiplies
+   by its reciprocal, and with symmetric scales (amax / 127.5) each token's
+   largest value sits exactly on a rounding tie that the last ulp decides.
+   There the shipped logits must be closer to qat's than the float model's
+   are, and with compressed-tensors' fake-quant multiplying by the
+   reciprocal they must be equal up to float rounding again;
+4. the checks can fail: a weight_scale 5% off in one layer fails checks 2
+   and 3, and the float model's logits are outside the tolerance.
+
+usage: test_compressed_tensors.py PATH/TO/conformance_tool
+"""
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+from compressed_tensors.compressors import BaseCompressor
+from compressed_tensors.quantization import QuantizationConfig
+from compressed_tensors.quantization.lifecycle import forward_helpers
+from compressed_tensors.utils import match_named_modules
+from conformance import report, smollm2_path
+from safetensors.torch import load_file, save_file
+from transformers import (AutoModelForCausalLM, CompressedTensorsConfig, LlamaConfig,
+                          LlamaForCausalLM)
+
+CASES = ["w8a8_dynamic", "w8a8_static", "w8a8_affine", "w4a16_g128",
+         "w4a16_g32_affine", "fp8", "mixed"]
+FORMATS = {"w8a8_dynamic": "int-quantized", "w8a8_static": "int-quantized",
+           "w8a8_affine": "int-quantized", "w4a16_g128": "pack-quantized",
+           "w4a16_g32_affine": "pack-quantized", "fp8": "float-quantized",
+           "mixed": "mixed-precision", "smollm2_w8a8": "int-quantized"}
+# Relative rms of the logit difference (over the standard deviation of
+# qat's logits): float rounding alone.
+TOLERANCE = 1e-5
+
+
+def relative_rms(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).square().mean().sqrt() / want.double().std()).item()
+
+
+def reciprocal_quantize_dequantize(x, scale, zero_point, q_min, q_max, args, global_scale=None):
+    """compressed-tensors' fake-quant with qat's (and ATen's) arithmetic:
+    x * (1 / scale) where compressed-tensors divides."""
+    if global_scale is not None:
+        scale = scale / global_scale
+    scaled = x * torch.reciprocal(scale)
+    if zero_point is not None:
+        scaled += zero_point.to(x.dtype)
+    q = forward_helpers.round_to_quantized_type_args(tensor=scaled, args=args, min=q_min, max=q_max)
+    q = q.to(scale.dtype)
+    if zero_point is not None:
+        q = q - zero_point.to(scale.dtype)
+    return q * scale
+
+
+@contextlib.contextmanager
+def replaced_quantize_dequantize(replacement):
+    original = forward_helpers._quantize_dequantize
+    forward_helpers._quantize_dequantize = replacement or original
+    try:
+        yield
+    finally:
+        forward_helpers._quantize_dequantize = original
+
+
+def checkpoint_tensors(folder: str) -> tuple[dict, list[str]]:
+    """Every tensor of the folder (through the shard index if there is one)."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return load_file(os.path.join(folder, "model.safetensors")), []
+    with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+    tensors, problems = {}, []
+    for shard in sorted(set(weight_map.values())):
+        for name, t in load_file(os.path.join(folder, shard)).items():
+            if weight_map.get(name) != shard:
+                problems.append(f"index puts {name} in {weight_map.get(name)}, found in {shard}")
+            tensors[name] = t
+    missing = set(weight_map) - set(tensors)
+    if missing:
+        problems.append(f"index names tensors no shard holds: {sorted(missing)[:4]}")
+    return tensors, problems
+
+
+def decompressed_weights(folder: str) -> tuple[dict, list[str]]:
+    """Each quantized layer's weight as compressed-tensors decompresses it."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    qconfig = QuantizationConfig.model_validate(config["quantization_config"])
+    with torch.device("meta"):
+        skeleton = LlamaForCausalLM(LlamaConfig.from_pretrained(folder))
+    tensors, problems = checkpoint_tensors(folder)
+    weights = {}
+    for group_name, scheme in qconfig.config_groups.items():
+        compressor = BaseCompressor.get_value_from_registry(scheme.format or qconfig.format)
+        for layer, _ in match_named_modules(skeleton, scheme.targets, qconfig.ignore):
+            if layer in weights:
+                problems.append(f"{layer} matched by two groups")
+            local = {k[len(layer) + 1:]: t for k, t in tensors.items()
+                     if k.startswith(layer + ".") and "." not in k[len(layer) + 1:]}
+            weights[layer] = compressor.decompress(local, scheme)["weight"]
+    return weights, problems
+
+
+def check_folder(name: str, folder: str, ours: dict) -> list[str]:
+    failures = []
+    weights, problems = decompressed_weights(folder)
+    failures += [f"{name}: {p}" for p in problems]
+    quantized = {k[:-len(".weight")] for k in ours if k.endswith(".weight")}
+    if set(weights) != quantized:
+        failures.append(f"{name}: compressed-tensors matches {sorted(set(weights) ^ quantized)} "
+                        "differently from qat")
+    for layer in sorted(quantized & set(weights)):
+        got, want = weights[layer], ours[layer + ".weight"]
+        if got.shape != want.shape or not torch.equal(got.to(want.dtype), want):
+            diff = (got.float() - want).abs().max().item() if got.shape == want.shape else "shape"
+            failures.append(f"{name}: {layer} decompressed != qat's weight (max |diff| {diff})")
+
+    with open(os.path.join(folder, "config.json")) as f:
+        groups = json.load(f)["quantization_config"]["config_groups"].values()
+    # transformers' default route (compressed layers, decompressed on the
+    # first forward) sizes packed zero points unpacked and refuses the file
+    # (vllm-project/llm-compressor#1618); its dequantize=True route reads
+    # them through the same decompressor.
+    affine_packed = any(g["format"] == "pack-quantized" and not g["weights"]["symmetric"]
+                        for g in groups)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32,
+        quantization_config=CompressedTensorsConfig(dequantize=affine_packed)).eval()
+    int_dynamic = any((g.get("input_activations") or {}).get("dynamic")
+                      and g["input_activations"]["type"] == "int" for g in groups)
+    float_err = relative_rms(ours["float_logits"], ours["logits"])
+    runs = [("as shipped", None)]
+    if int_dynamic:
+        runs.append(("multiplying by 1 / scale", reciprocal_quantize_dequantize))
+    for how, replacement in runs:
+        with torch.no_grad(), replaced_quantize_dequantize(replacement):
+            logits = model(ours["tokens"]).logits
+        err = relative_rms(logits, ours["logits"])
+        top1 = (logits.argmax(-1) == ours["logits"].argmax(-1)).float().mean().item()
+        print(f"{name}: transformers' logits {how}: relative rms {err:.2e}, max |diff| "
+              f"{(logits - ours['logits']).abs().max().item():.3g}, top-1 {100 * top1:.1f}% "
+              f"(float model: {float_err:.2e}){' [dequantize=True]' if affine_packed else ''}")
+        # Dynamic int8 as shipped: each token's largest value sits on a
+        # rounding tie, decided by division or multiplication; closer to
+        # qat's quantized model than the float model is.
+        bound = float_err if int_dynamic and replacement is None else TOLERANCE
+        if not err < bound:
+            failures.append(f"{name}: transformers' logits {how} off by {err:.2e} relative rms "
+                            f"(bound {bound:.2e})")
+    if float_err <= 10 * TOLERANCE:
+        failures.append(f"{name}: the float model is within the tolerance; "
+                        "the check would not see quantization")
+    return failures
+
+
+def corrupt_one_scale(folder: str) -> str:
+    """A copy of the folder with one layer's weight_scale 5% off."""
+    tensors, _ = checkpoint_tensors(folder)
+    victim = sorted(k for k in tensors if k.endswith(".weight_scale"))[0]
+    index = os.path.join(folder, "model.safetensors.index.json")
+    shard = "model.safetensors"
+    if os.path.exists(index):
+        with open(index) as f:
+            shard = json.load(f)["weight_map"][victim]
+    path = os.path.join(folder, shard)
+    stored = load_file(path)
+    stored[victim] = stored[victim] * 1.05
+    save_file(stored, path, metadata={"format": "pt"})
+    return victim
+
+
+def main(tool: str) -> int:
+    failures, checks = [], 0
+    runs = [(case, [tool, "compressed-tensors", case]) for case in CASES]
+    runs.append(("smollm2_w8a8", [tool, "compressed-tensors-gguf", smollm2_path(), "w8a8_int8"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, command in runs:
+            folder, out = os.path.join(tmp, name), os.path.join(tmp, name + ".safetensors")
+            subprocess.run(command + [folder, out], check=True)
+            ours = load_file(out)
+            with open(os.path.join(folder, "config.json")) as f:
+                fmt = json.load(f)["quantization_config"]["format"]
+            checks += 1
+            if fmt != FORMATS[name]:
+                failures.append(f"{name}: format {fmt}, expected {FORMATS[name]}")
+            if name == "mixed":
+                checks += 1
+                if not os.path.exists(os.path.join(folder, "model.safetensors.index.json")):
+                    failures.append("mixed: expected a sharded checkpoint with an index")
+            checks += 1
+            failures += check_folder(name, folder, ours)
+
+            if name in ("w8a8_static", "w4a16_g32_affine", "fp8"):
+                broken = folder + ".broken"
+                shutil.copytree(folder, broken)
+                victim = corrupt_one_scale(broken)
+                checks += 1
+                caught = check_folder(name + " (corrupted)", broken, ours)
+                if not any("decompressed" in f for f in caught) or \
+                        not any("transformers" in f for f in caught):
+                    failures.append(f"{name}: {victim} 5% off was not caught by both checks: {caught}")
+                else:
+                    print(f"{name}: {victim} 5% off caught: {len(caught)} failures")
+    return report(checks, failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
