@@ -122,6 +122,12 @@ def main(qat: str, recipes: str) -> int:
         check(out.returncode == 1 and "Llama-style decoder" in out.stderr
               and not os.path.exists(os.path.join(tmp, "w4a4.gguf")),
               f"qat export --format gguf of an MLP: exit 1 with the reason, no file: {out.stderr}")
+        ct_dir = os.path.join(tmp, "w4a4-ct")
+        out = run(qat, "export", digits, "--checkpoint", final, "--scheme", "w4a4", "--out", ct_dir,
+                  "--format", "compressed-tensors")
+        check(out.returncode == 1 and "Llama-style decoder" in out.stderr and not os.path.exists(ct_dir),
+              f"qat export --format compressed-tensors of an MLP: exit 1 with the reason, "
+              f"nothing written: {out.stderr}")
         info = run(qat, "info", digits, "--scheme", "w4a4")
         check(info.returncode == 0 and all(n in info.stdout for n in ("fc0", "fc1", "head", "int4")),
               f"qat info lists the layers and their specs: {info.stdout}")
