@@ -352,6 +352,16 @@ void gguf_quantize(
   save_llama_gguf(*lm, gguf_path, "qat conformance", &source);
 }
 
+// The GGUF llama model at `path` (read as served: every tensor dequantized)
+// in eval mode, with its tokenizer.
+std::pair<qat::models::LlamaForCausalLM, qat::data::BpeTokenizer>
+load_gguf_model(const char* path) {
+  const auto file = qat::gguf::File::read(path);
+  qat::models::LlamaForCausalLM lm = qat::models::load_llama_gguf(file);
+  lm->eval();
+  return {lm, qat::data::BpeTokenizer::from_gguf(file)};
+}
+
 // What qat's evaluator computes for the model in `gguf_path` (read as
 // served: every tensor dequantized) on the text in `text_path`: its tokens,
 // cut into windows of `context`, each token's negative log-likelihood given
@@ -361,11 +371,7 @@ void evaluate_gguf(
     const char* text_path,
     const char* context_arg,
     const char* out_path) {
-  using namespace qat::models;
-  const auto file = qat::gguf::File::read(gguf_path);
-  LlamaForCausalLM lm = load_llama_gguf(file);
-  lm->eval();
-  const auto tokenizer = qat::data::BpeTokenizer::from_gguf(file);
+  auto [lm, tokenizer] = load_gguf_model(gguf_path);
   std::ifstream in(text_path);
   std::stringstream text;
   text << in.rdbuf();
@@ -530,11 +536,7 @@ void compressed_tensors_gguf(
     const std::string& preset,
     const char* dir,
     const char* out_path) {
-  using namespace qat::models;
-  const auto file = qat::gguf::File::read(gguf_path);
-  LlamaForCausalLM lm = load_llama_gguf(file);
-  lm->eval();
-  const auto tokenizer = qat::data::BpeTokenizer::from_gguf(file);
+  auto [lm, tokenizer] = load_gguf_model(gguf_path);
   const auto tokens =
       torch::tensor(
           tokenizer.encode(
