@@ -30,4 +30,13 @@ void write_file_atomically(
   }
 }
 
+void write_string_atomically(
+    const std::string& path,
+    const std::string& what,
+    const std::string& content) {
+  write_file_atomically(path, what, [&](std::FILE* f) {
+    return std::fwrite(content.data(), 1, content.size(), f) == content.size();
+  });
+}
+
 } // namespace qat

@@ -17,4 +17,10 @@ void write_file_atomically(
     const std::string& what,
     const std::function<bool(std::FILE*)>& write_content);
 
+// `content` (text or bytes) as the whole file, atomically as above.
+void write_string_atomically(
+    const std::string& path,
+    const std::string& what,
+    const std::string& content);
+
 } // namespace qat

@@ -363,12 +363,6 @@ int64_t tensor_bytes(const torch::Tensor& t) {
   return t.numel() * static_cast<int64_t>(t.element_size());
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  write_file_atomically(path, "compressed-tensors export", [&](std::FILE* f) {
-    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  });
-}
-
 } // namespace
 
 torch::Tensor pack_int32(const torch::Tensor& codes, int bits) {
@@ -405,12 +399,6 @@ torch::Tensor pack_int32(const torch::Tensor& codes, int bits) {
     }
   }
   return out.narrow(1, 0, words).contiguous();
-}
-
-std::string quantization_config(
-    torch::nn::Module& model,
-    const ExportOptions& options) {
-  return plan(model, options).config.dump(2);
 }
 
 ExportReport save(
@@ -477,11 +465,17 @@ ExportReport save(
     const json index = {
         {"metadata", {{"total_size", total_bytes}}},
         {"weight_map", weight_map}};
-    write_text((dir / "model.safetensors.index.json").string(), index.dump(2));
+    write_string_atomically(
+        (dir / "model.safetensors.index.json").string(),
+        "compressed-tensors export",
+        index.dump(2));
     report.files.push_back("model.safetensors.index.json");
   }
   config["quantization_config"] = p.config;
-  write_text((dir / "config.json").string(), config.dump(2) + "\n");
+  write_string_atomically(
+      (dir / "config.json").string(),
+      "compressed-tensors export",
+      config.dump(2) + "\n");
   report.files.push_back("config.json");
 
   // What an earlier export with another shard count left behind.

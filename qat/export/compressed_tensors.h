@@ -67,20 +67,14 @@ struct ExportReport {
   int64_t file_bytes = 0;         // all of them together
 };
 
-// The quantization_config object (JSON text) for the converted `model`;
-// throws std::invalid_argument naming the layer for anything the format
-// cannot hold, and for layers with a weight quantizer that were not
-// converted.
-std::string quantization_config(
-    torch::nn::Module& model,
-    const ExportOptions& options = {});
-
 // Writes the converted `model` into `directory` (created if needed): its
 // float parameters by module name, its quantized layers as above, and
 // config.json = `model_config_json` (the model's Hugging Face config, a JSON
-// object) with the quantization_config added. Every file is written to a
-// temporary name and renamed, config.json last; shards of an earlier export
-// that this one does not use are removed.
+// object) with the quantization_config added. Throws std::invalid_argument,
+// before writing anything, naming the layer for what the format cannot hold
+// and for layers with a weight quantizer that were not converted. Every
+// file is written to a temporary name and renamed, config.json last; shards
+// of an earlier export that this one does not use are removed.
 ExportReport save(
     torch::nn::Module& model,
     const std::string& directory,

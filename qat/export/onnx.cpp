@@ -336,9 +336,7 @@ std::string GraphBuilder::serialize() const {
 
 void GraphBuilder::save(const std::string& path) const {
   const std::string bytes = serialize();
-  write_file_atomically(path, "ONNX file '" + path + "'", [&](std::FILE* f) {
-    return std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  });
+  write_string_atomically(path, "ONNX file '" + path + "'", bytes);
 }
 
 // ---------------------------------------------------------------------------

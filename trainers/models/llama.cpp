@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -172,10 +171,7 @@ std::string LlamaConfig::hf_json() const {
 }
 
 void LlamaConfig::save_hf_json(const std::string& path) const {
-  const std::string text = hf_json();
-  write_file_atomically(path, "Llama config", [&](std::FILE* f) {
-    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  });
+  write_string_atomically(path, "Llama config", hf_json());
 }
 
 compressed_tensors::ExportReport save_llama_compressed_tensors(
