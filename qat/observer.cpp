@@ -200,6 +200,13 @@ void ObserverImpl::observe(const torch::Tensor& x) {
     return;
   const auto rows = rows_for_params(x.detach().to(torch::kFloat), spec_);
   auto [lo, hi] = batch_range(rows);
+  if (range_reduction_) {
+    range_reduction_(
+        lo,
+        hi,
+        options_.kind() == ObserverKind::percentile ||
+            options_.kind() == ObserverKind::mse);
+  }
   const int64_t seen = batches_value_.get(batches_);
   if (seen > 0 && min_val_.sizes() != lo.sizes()) {
     throw std::invalid_argument(

@@ -23,6 +23,8 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
+
 #include "qat/buffer_value.h"
 #include "qat/spec.h"
 
@@ -66,6 +68,16 @@ torch::Tensor fake_quant_rows(
     const QParams& qparams,
     const QuantSpec& spec);
 
+// Data-parallel training: how observers on several ranks agree. Called with
+// each batch's per-row range before it is merged into the running state, it
+// must leave the same range on every rank: the minimum of `min` and maximum
+// of `max` over the ranks (mean = false: min_max and moving_average, whose
+// batch ranges compose exactly, so N ranks with a shard each observe what one
+// process with the whole batch would), or the mean of both over the ranks
+// (mean = true: percentile and mse, whose batch statistics do not compose).
+using RangeReduction =
+    std::function<void(torch::Tensor& min, torch::Tensor& max, bool mean)>;
+
 class ObserverImpl : public torch::nn::Cloneable<ObserverImpl> {
  public:
   ObserverImpl(QuantSpec spec, ObserverOptions options = {});
@@ -79,6 +91,10 @@ class ObserverImpl : public torch::nn::Cloneable<ObserverImpl> {
   // Scale and zero point in the op's shape for tensors shaped like the last
   // observed one.
   QParams qparams() const;
+  // Unset (the default): the local batch's range.
+  void set_range_reduction(RangeReduction reduction) {
+    range_reduction_ = std::move(reduction);
+  }
 
   const QuantSpec& spec() const {
     return spec_;
@@ -99,6 +115,7 @@ class ObserverImpl : public torch::nn::Cloneable<ObserverImpl> {
 
   QuantSpec spec_;
   ObserverOptions options_;
+  RangeReduction range_reduction_;
   torch::Tensor min_val_, max_val_; // per parameter row
   torch::Tensor batches_;           // int64 [1]: batches seen
   BufferValue<int64_t> batches_value_;

@@ -156,6 +156,50 @@ TEST(QuantModules, ConvBnFoldingMatchesConvThenBn) {
       folded->batch_norm->running_var, ref.bn->running_var, 1e-5, 1e-6));
 }
 
+// Synchronous BN: two "ranks" with half the batch each, their statistics
+// gathered (the other rank's recorded from its own forward), normalise as
+// BatchNorm2d over the whole batch and update the running statistics as it
+// does (the gradients, through c10d: test_trainer's Distributed tests).
+TEST(QuantModules, SynchronousBnEqualsBnOverTheWholeBatch) {
+  ConvBn ref;
+  ref.bn->train();
+  torch::nn::init::uniform_(ref.bn->weight, 0.5, 1.5);
+  torch::nn::init::uniform_(ref.bn->bias, -0.5, 0.5);
+  const auto x = torch::randn({6, 4, 8, 8}) * 2 + 1;
+
+  auto rank0 = QuantConv2d::from_float(ref.conv, {}, ref.bn);
+  auto local_only = QuantConv2d::from_float(ref.conv, {}, ref.bn);
+  auto probe = QuantConv2d::from_float(ref.conv, {}, ref.bn);
+  const auto y_ref = ref.bn(ref.conv(x)); // updates ref's statistics
+  const auto half = [&](const torch::Tensor& t, int r) {
+    return t.narrow(0, 3 * r, 3);
+  };
+  // Rank 1's statistics as its own forward computes them (a gather of one).
+  torch::Tensor rank1_stats;
+  {
+    probe->set_batch_stats_gather([&](const torch::Tensor& local) {
+      rank1_stats = local.detach().clone();
+      return local.unsqueeze(0);
+    });
+    probe->train();
+    probe(half(x, 1));
+  }
+  rank0->set_batch_stats_gather([&](const torch::Tensor& local) {
+    return torch::stack({local, rank1_stats});
+  });
+  rank0->train();
+  const auto y0 = rank0(half(x, 0));
+  EXPECT_TRUE(torch::allclose(y0, half(y_ref, 0), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(
+      rank0->batch_norm->running_mean, ref.bn->running_mean, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(
+      rank0->batch_norm->running_var, ref.bn->running_var, 1e-5, 1e-6));
+  // Without a gather the module normalises with its own half: different.
+  local_only->train();
+  EXPECT_FALSE(
+      torch::allclose(local_only(half(x, 0)), half(y_ref, 0), 1e-3, 1e-3));
+}
+
 // With the weight quantizer on, the Conv+BN module computes what the folded,
 // quantized conv that will be served computes: in eval mode, in training with
 // frozen BN statistics, and after convert(); with live statistics it is BN

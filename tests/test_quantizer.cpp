@@ -180,6 +180,61 @@ TEST(Observer, MseMatchesBruteForceSearch) {
   EXPECT_LT(mse->max_val()[0].item<float>(), 25.0f); // the outlier is clipped
 }
 
+// Data parallelism: a rank that observes half of each batch and reduces its
+// batch range with the other half's (min / max) ends with exactly the state of
+// one observer that saw the whole batches, for the observers whose ranges
+// compose; percentile and MSE are told to average instead.
+TEST(Observer, ShardedObservationWithRangeReductionEqualsTheWholeBatch) {
+  torch::manual_seed(11);
+  for (const auto kind :
+       {ObserverKind::min_max, ObserverKind::moving_average}) {
+    for (const auto& spec :
+         {QuantSpec().symmetric(false),
+          QuantSpec().granularity(Granularity::per_channel).axis(1)}) {
+      const auto options = ObserverOptions().kind(kind).averaging_constant(0.3);
+      Observer whole(spec, options), shard(spec, options);
+      torch::Tensor other_min, other_max; // the other rank's batch range
+      shard->set_range_reduction(
+          [&](torch::Tensor& lo, torch::Tensor& hi, bool mean) {
+            EXPECT_FALSE(mean);
+            lo = torch::minimum(lo, other_min);
+            hi = torch::maximum(hi, other_max);
+          });
+      for (int batch = 0; batch < 4; ++batch) {
+        const auto x = torch::randn({8, 5}) * (batch + 1) + batch;
+        Observer other(spec, options); // its first batch's range, as is
+        other->observe(x.narrow(0, 4, 4));
+        other_min = other->min_val();
+        other_max = other->max_val();
+        whole->observe(x);
+        shard->observe(x.narrow(0, 0, 4));
+      }
+      EXPECT_TRUE(testing::bitwise_equal(shard->min_val(), whole->min_val()));
+      EXPECT_TRUE(testing::bitwise_equal(shard->max_val(), whole->max_val()));
+      EXPECT_TRUE(testing::bitwise_equal(
+          shard->qparams().scale, whole->qparams().scale));
+    }
+  }
+  for (const auto kind : {ObserverKind::percentile, ObserverKind::mse}) {
+    Observer averaged(QuantSpec(), ObserverOptions().kind(kind));
+    bool asked_for_mean = false;
+    averaged->set_range_reduction(
+        [&](torch::Tensor& lo, torch::Tensor& hi, bool mean) {
+          asked_for_mean = mean;
+          lo = (lo + -3.0f) / 2; // the other rank's range: [-3, 5]
+          hi = (hi + 5.0f) / 2;
+        });
+    Observer local(QuantSpec(), ObserverOptions().kind(kind));
+    const auto x = torch::randn({64});
+    averaged->observe(x);
+    local->observe(x);
+    EXPECT_TRUE(asked_for_mean);
+    EXPECT_FLOAT_EQ(
+        averaged->max_val().item<float>(),
+        (local->max_val().item<float>() + 5.0f) / 2);
+  }
+}
+
 TEST(Observer, MisuseIsReportedClearly) {
   Observer fresh{QuantSpec()};
   try {

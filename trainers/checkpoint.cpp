@@ -272,6 +272,14 @@ std::string Checkpoints::save(
     for (size_t i = 0; i + keep_ < files.size(); ++i)
       fs::remove(files[i]);
   }
+  // A writer killed mid-write leaves its temporary file behind (never under
+  // a checkpoint's name). This directory has one writer, whose own file is
+  // renamed by now: any temporary file left is such a leftover.
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    if (e.path().filename().string().find(".safetensors.tmp.") !=
+        std::string::npos)
+      fs::remove(e.path());
+  }
   return c.path;
 }
 

@@ -4,7 +4,8 @@
 // composed recipe) in one safetensors file, with a CRC-32 of its contents.
 //
 // Files are written to a temporary name, fsync'ed and renamed, so a crash
-// leaves either the old checkpoint or the new one, never half of one. A
+// leaves either the old checkpoint or the new one, never half of one (the
+// temporary file a killed writer leaves is removed by the next save). A
 // checkpoint that fails to read or to verify is reported and the one before
 // it is used.
 //

@@ -7,17 +7,23 @@
 //              [--format native|gguf|onnx|compressed-tensors]
 //   qat info RECIPE [--scheme NAME]
 //
-// Exit codes: 0 done, 1 the job failed (bad recipe, bad data, NaN loss, ...;
-// the message says where), 2 wrong arguments.
+// Data-parallel training runs the same command in every process:
+//   torchrun --no-python --nproc-per-node 8 build/qat train RECIPE ...
+//   srun build/qat train RECIPE ...          (scripts/launch_slurm.sh)
+//
+// Exit codes: 0 done, 1 the job failed (bad recipe, bad data, NaN loss, a
+// rank lost, ...; the message says where), 2 wrong arguments.
 #include <CLI/CLI.hpp>
 #include <torch/cuda.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <regex>
 #include <string>
 #include <vector>
 
+#include "trainers/distributed.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -156,7 +162,16 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::string who; // "rank 1: " on ranks that are not rank 0
   try {
+    // Under torchrun or srun, rank 0 reports; the others write only errors.
+    if (const auto launch = qat::train::Launch::from_environment();
+        launch.rank > 0) {
+      who = "rank " + std::to_string(launch.rank) + ": ";
+      if (!std::getenv("QAT_LOG_ALL_RANKS") &&
+          !std::freopen("/dev/null", "w", stdout))
+        std::perror("qat: quieting stdout");
+    }
     const Recipe recipe = load(c);
     if (c.print_config) {
       std::printf("%s\n", recipe.dump().c_str());
@@ -183,8 +198,11 @@ int main(int argc, char** argv) {
     } else {
       std::printf("%s", job.info(c.scheme).c_str());
     }
+  } catch (const qat::train::DistributedError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what()); // names its rank
+    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s%s\n", who.c_str(), e.what());
     return 1;
   }
   return 0;

@@ -31,12 +31,40 @@ torch::Tensor cross_entropy(
 // predictions over `count` examples.
 struct Totals {
   double loss = 0, correct = 0, count = 0;
+
+  // Over every rank of `shard`.
+  void add_over(const Shard& shard) {
+    if (shard.world == 1)
+      return;
+    std::vector<double> values{loss, correct, count};
+    shard.sum(values);
+    loss = values[0];
+    correct = values[1];
+    count = values[2];
+  }
 };
+
+// This rank's contiguous slice of a global batch's rows.
+torch::Tensor rows_of(const Shard& shard, const torch::Tensor& rows) {
+  const int64_t each = rows.size(0) / shard.world;
+  return rows.narrow(0, shard.rank * each, each);
+}
+
+bool evaluates(const Shard& shard, int64_t batch) {
+  return batch % shard.world == shard.rank;
+}
 
 class ImageTask final : public Task {
  public:
-  ImageTask(const Recipe& recipe, torch::Device device, uint64_t seed)
-      : recipe_(recipe), device_(device), seed_(seed) {
+  ImageTask(
+      const Recipe& recipe,
+      torch::Device device,
+      uint64_t seed,
+      Shard shard)
+      : recipe_(recipe),
+        device_(device),
+        seed_(seed),
+        shard_(std::move(shard)) {
     const auto name = recipe.get<std::string>("data.name");
     const auto validation_size = recipe.get<int64_t>("data.validation");
     batch_size_ = recipe.get<int64_t>("data.batch_size");
@@ -117,28 +145,34 @@ class ImageTask final : public Task {
           train_.size(), batch_size_, true, seed_ * 1000003 + epoch, true);
       cached_epoch_ = epoch;
     }
-    return take(train_, epoch_batches_[index % per_epoch_]);
+    return take(train_, rows_of(shard_, epoch_batches_[index % per_epoch_]));
   }
 
   Batch calibration_batch(int64_t index) const override {
     if (calibration_order_.empty())
       calibration_order_ = data::batch_indices(
           train_.size(), batch_size_, true, seed_ + 7, true);
-    return take(train_, calibration_order_[index % calibration_order_.size()]);
+    return take(
+        train_,
+        rows_of(shard_, calibration_order_[index % calibration_order_.size()]));
   }
 
   Metrics evaluate(torch::nn::Module& model, Split split) const override {
     const auto& d = split == Split::test ? test_ : validation_;
     Totals t;
-    for (const auto& idx :
-         data::batch_indices(d.size(), eval_batch_size_, false, 0)) {
-      const Batch b = take(d, idx);
+    const auto batches =
+        data::batch_indices(d.size(), eval_batch_size_, false, 0);
+    for (size_t i = 0; i < batches.size(); ++i) {
+      if (!evaluates(shard_, static_cast<int64_t>(i)))
+        continue;
+      const Batch b = take(d, batches[i]);
       const auto logits = forward(model, b.inputs).logits.to(torch::kFloat);
       t.loss +=
           cross_entropy(logits, b.targets).item<double>() * b.targets.size(0);
       t.correct += logits.argmax(1).eq(b.targets).sum().item<double>();
       t.count += b.targets.size(0);
     }
+    t.add_over(shard_);
     return {
         {"accuracy", 100.0 * t.correct / t.count}, {"loss", t.loss / t.count}};
   }
@@ -156,6 +190,7 @@ class ImageTask final : public Task {
   const Recipe& recipe_;
   torch::Device device_;
   uint64_t seed_;
+  Shard shard_;
   int64_t batch_size_, eval_batch_size_, per_epoch_;
   data::ImageDataset train_, validation_, test_;
   mutable std::vector<torch::Tensor> epoch_batches_, calibration_order_;
@@ -164,8 +199,15 @@ class ImageTask final : public Task {
 
 class TextTask final : public Task {
  public:
-  TextTask(const Recipe& recipe, torch::Device device, uint64_t seed)
-      : recipe_(recipe), device_(device), seed_(seed) {
+  TextTask(
+      const Recipe& recipe,
+      torch::Device device,
+      uint64_t seed,
+      Shard shard)
+      : recipe_(recipe),
+        device_(device),
+        seed_(seed),
+        shard_(std::move(shard)) {
     batch_size_ = recipe.get<int64_t>("data.batch_size");
     context_ = recipe.get<int64_t>("data.context");
     eval_windows_ = recipe.get<int64_t>("data.eval_windows", 256);
@@ -276,19 +318,23 @@ class TextTask final : public Task {
   }
 
   Batch train_batch(int64_t index) const override {
-    return split_window(data::sample_windows(
-        train_,
-        batch_size_,
-        context_,
-        seed_ * 1000003 + static_cast<uint64_t>(index)));
+    return split_window(rows_of(
+        shard_,
+        data::sample_windows(
+            train_,
+            batch_size_,
+            context_,
+            seed_ * 1000003 + static_cast<uint64_t>(index))));
   }
 
   Batch calibration_batch(int64_t index) const override {
-    return split_window(data::sample_windows(
-        train_,
-        batch_size_,
-        context_,
-        seed_ + 7919 + static_cast<uint64_t>(index)));
+    return split_window(rows_of(
+        shard_,
+        data::sample_windows(
+            train_,
+            batch_size_,
+            context_,
+            seed_ + 7919 + static_cast<uint64_t>(index))));
   }
 
   // Perplexity per byte over consecutive windows of the split (each byte
@@ -299,6 +345,8 @@ class TextTask final : public Task {
         std::min(eval_windows_, (tokens.numel() - 1) / context_);
     Totals t;
     for (int64_t begin = 0; begin < windows; begin += batch_size_) {
+      if (!evaluates(shard_, begin / batch_size_))
+        continue;
       const int64_t n = std::min(batch_size_, windows - begin);
       const auto block = tokens.narrow(0, begin * context_, n * context_ + 1);
       const auto inputs = block.narrow(0, 0, n * context_).view({n, context_});
@@ -307,6 +355,7 @@ class TextTask final : public Task {
           static_cast<double>(n * context_);
       t.count += static_cast<double>(n * context_);
     }
+    t.add_over(shard_);
     const double mean = t.loss / t.count;
     return {{"perplexity", std::exp(mean)}, {"loss", mean}};
   }
@@ -336,6 +385,7 @@ class TextTask final : public Task {
   const Recipe& recipe_;
   torch::Device device_;
   uint64_t seed_;
+  Shard shard_;
   int64_t batch_size_, context_, eval_windows_;
   torch::Tensor train_, validation_, test_;
   std::shared_ptr<gguf::File> pretrained_;
@@ -347,12 +397,21 @@ class TextTask final : public Task {
 std::unique_ptr<Task> make_task(
     const Recipe& recipe,
     torch::Device device,
-    uint64_t seed) {
+    uint64_t seed,
+    Shard shard) {
+  if (const auto batch = recipe.get<int64_t>("data.batch_size");
+      batch % shard.world != 0) {
+    recipe.fail_at(
+        "data.batch_size",
+        "the global batch of " + std::to_string(batch) +
+            " does not split evenly over " + std::to_string(shard.world) +
+            " ranks");
+  }
   const auto name = recipe.get<std::string>("data.name");
   if (name == "fashion_mnist" || name == "digits")
-    return std::make_unique<ImageTask>(recipe, device, seed);
+    return std::make_unique<ImageTask>(recipe, device, seed, std::move(shard));
   if (name == "kjv")
-    return std::make_unique<TextTask>(recipe, device, seed);
+    return std::make_unique<TextTask>(recipe, device, seed, std::move(shard));
   recipe.fail_at(
       "data.name",
       "unknown data set '" + name + "'; expected fashion_mnist, digits or kjv");

@@ -9,11 +9,12 @@
 //            next-token cross-entropy, perplexity per byte or per token
 //
 // Batches are a function of (run.seed, index) alone, so a resumed run sees
-// the same batches as an uninterrupted one.
+// the same batches as an uninterrupted one, whatever its world size.
 #pragma once
 
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,6 +39,16 @@ struct Output {
 
 enum class Split { validation, test };
 
+// This process's share of the data in a data-parallel job (the distributed
+// sampler): data.batch_size is the global batch, and rank r of `world` takes
+// its r-th contiguous slice, so N ranks together see exactly the batches one
+// process would, in the same order every epoch; evaluation gives each rank
+// every world-th batch and adds the totals over the ranks with `sum`.
+struct Shard {
+  int64_t rank = 0, world = 1;
+  std::function<void(std::vector<double>&)> sum; // needed when world > 1
+};
+
 class Task {
  public:
   virtual ~Task() = default;
@@ -48,7 +59,8 @@ class Task {
   // The mean cross-entropy of `output` against the batch's targets.
   virtual torch::Tensor loss(const Output& output, const Batch& batch)
       const = 0;
-  // The index-th training batch, and the ones calibration runs.
+  // This rank's shard of the index-th training batch, and of the ones
+  // calibration runs.
   virtual Batch train_batch(int64_t index) const = 0;
   virtual Batch calibration_batch(int64_t index) const = 0;
   // {metric(): ..., "loss": mean cross-entropy} over the whole split.
@@ -73,10 +85,12 @@ class Task {
 };
 
 // The task the recipe's data and model sections describe, its data loaded
-// onto `device`.
+// onto `device`. Throws (naming data.batch_size) unless the world size
+// divides the batch.
 std::unique_ptr<Task> make_task(
     const recipe::Recipe& recipe,
     torch::Device device,
-    uint64_t seed);
+    uint64_t seed,
+    Shard shard = {});
 
 } // namespace qat::train

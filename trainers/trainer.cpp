@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -11,12 +12,14 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "qat/convert.h"
 #include "qat/fake_quant.h"
 #include "qat/modules/conv.h"
 #include "qat/prepare.h"
 #include "trainers/checkpoint.h"
+#include "trainers/distributed.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
@@ -237,6 +240,11 @@ struct Job::State {
   std::string run_dir, config_text;
   uint64_t seed = 0;
   torch::Device device = torch::kCPU;
+  std::unique_ptr<Distributed> dist;
+  bool sync_bn = false;
+  // What the job is doing ("qat.w4a4: step 78", "calibration"), for the
+  // errors of collectives that know nothing of steps.
+  std::string activity = "starting";
   std::unique_ptr<Task> task_;
   std::unique_ptr<MetricsLog> metrics;
 
@@ -265,16 +273,137 @@ struct Job::State {
     if (device.is_cuda() && !torch::cuda::is_available())
       recipe.fail_at(
           "run.device", "cuda was asked for but no GPU is available");
+    join_process_group();
     if (const auto threads = recipe.get<int64_t>("run.threads", 0); threads > 0)
       torch::set_num_threads(static_cast<int>(threads));
   }
 
+  // The job torchrun or SLURM started this process in (none: one process).
+  void join_process_group() {
+    const auto launch = Launch::from_environment();
+    DistributedOptions d;
+    d.backend = recipe.get<std::string>("run.distributed.backend", "auto");
+    if (d.backend != "auto" && d.backend != "gloo" && d.backend != "nccl")
+      recipe.fail_at(
+          "run.distributed.backend",
+          "expected auto, gloo or nccl, got '" + d.backend + "'");
+    const double timeout =
+        recipe.get<double>("run.distributed.timeout_s", 300.0);
+    if (!(timeout > 0))
+      recipe.fail_at("run.distributed.timeout_s", "must be positive");
+    d.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
+    d.bucket_mb = recipe.get<int64_t>("run.distributed.bucket_mb", 25);
+    if (d.bucket_mb <= 0)
+      recipe.fail_at("run.distributed.bucket_mb", "must be positive");
+    sync_bn = recipe.get<bool>("run.distributed.sync_bn", false);
+    // One GPU per process, the LOCAL_RANK-th of its node.
+    if (device.is_cuda() && launch.world_size > 1)
+      device = torch::Device(torch::kCUDA, launch.local_rank);
+    dist = std::make_unique<Distributed>(launch, device, d);
+  }
+
+  bool is_main() const {
+    return dist->is_main();
+  }
+
+  void write_metrics(
+      const std::string& stage,
+      int64_t step,
+      const Metrics& numbers,
+      const std::map<std::string, std::string>& texts = {}) {
+    if (metrics) // rank 0's alone
+      metrics->write(stage, step, numbers, texts);
+  }
+
+  // Every quantizer that sees activations (weights are the same on every
+  // rank) agrees with the other ranks on each batch's range, and with
+  // run.distributed.sync_bn, Conv+BN normalises with the global batch.
+  void make_data_parallel(torch::nn::Module& model) {
+    if (dist->world_size() == 1)
+      return;
+    Distributed* d = dist.get();
+    for (const auto& item : model.named_modules()) {
+      if (auto* q = item.value()->as<FakeQuantizerImpl>()) {
+        const auto& name = item.key();
+        if (name.size() >= 16 &&
+            name.compare(name.size() - 16, 16, "weight_quantizer") == 0)
+          continue;
+        q->observer()->set_range_reduction(
+            [this, d, name](torch::Tensor& lo, torch::Tensor& hi, bool mean) {
+              const auto what = activity + ": " + name + "'s observer";
+              if (mean) {
+                auto both = torch::stack({lo, hi});
+                d->all_reduce(both, ReduceOp::sum, what);
+                both.div_(static_cast<double>(d->world_size()));
+                lo = both[0];
+                hi = both[1];
+              } else { // one MIN for both: max(hi) = -min(-hi)
+                auto both = torch::stack({lo, -hi});
+                d->all_reduce(both, ReduceOp::min, what);
+                lo = both[0];
+                hi = -both[1];
+              }
+            });
+      } else if (auto* conv = item.value()->as<QuantConv2dImpl>()) {
+        if (sync_bn)
+          conv->set_batch_stats_gather([d](const torch::Tensor& local) {
+            return d->gather_over_ranks(local);
+          });
+      }
+    }
+  }
+
+  // Data parallelism keeps the ranks' models equal by construction; this
+  // checks it at the end of each training stage. Each rank's digest is the
+  // CRC-32 of its parameters and buffers (raw bytes, in name order); rank 0
+  // logs them all, and any difference stops the run.
+  void check_ranks_agree(const std::string& stage, torch::nn::Module& model) {
+    if (dist->world_size() == 1)
+      return;
+    auto state = module_state(model);
+    std::sort(state.begin(), state.end(), [](const auto& a, const auto& b) {
+      return a.first < b.first;
+    });
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (const auto& [name, tensor] : state) {
+      const auto bytes = tensor.detach().cpu().contiguous();
+      crc = crc32_z(
+          crc,
+          static_cast<const Bytef*>(bytes.data_ptr()),
+          static_cast<z_size_t>(bytes.nbytes()));
+    }
+    std::vector<double> digests(static_cast<size_t>(dist->world_size()), 0.0);
+    digests[static_cast<size_t>(dist->rank())] = static_cast<double>(crc);
+    dist->all_reduce(
+        digests, ReduceOp::sum, stage + ": comparing the ranks' models");
+    std::string text;
+    for (const double d : digests) {
+      char hex[16];
+      std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(d));
+      text += (text.empty() ? "" : ",") + std::string(hex);
+    }
+    write_metrics(stage, -1, {}, {{"rank_digests", text}});
+    if (std::adjacent_find(
+            digests.begin(), digests.end(), std::not_equal_to<>()) !=
+        digests.end())
+      throw DistributedError(
+          stage +
+          ": the ranks' models differ after training (CRC-32 per rank: " +
+          text + ")");
+  }
+
   // -- data and models ------------------------------------------------------
 
-  // The task, its data loaded on first use.
+  // The task, its data loaded on first use: this rank's shard of it.
   Task& task() {
-    if (!task_)
-      task_ = make_task(recipe, device, seed);
+    if (!task_) {
+      Distributed* d = dist.get();
+      Shard shard{
+          d->rank(), d->world_size(), [this, d](std::vector<double>& v) {
+            d->all_reduce(v, ReduceOp::sum, activity + ": evaluation");
+          }};
+      task_ = make_task(recipe, device, seed, std::move(shard));
+    }
     return *task_;
   }
 
@@ -292,10 +421,12 @@ struct Job::State {
     load_module_state(*model, module_state(*float_model), "the float model");
     if (!scheme_name.empty())
       prepare(*model, scheme(scheme_name));
+    make_data_parallel(*model);
     return model;
   }
 
   void calibrate_model(torch::nn::Module& model) {
+    activity = "calibration";
     const auto batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
     model.eval();
     qat::calibrate(model, [&] {
@@ -337,8 +468,8 @@ struct Job::State {
     r.validation = evaluate(model, Split::validation);
     r.test = evaluate(model, Split::test);
     r.weight_bytes = weight_bytes(model, scheme_name);
-    metrics->write(stage, -1, r.validation, {{"split", "validation"}});
-    metrics->write(stage, -1, r.test, {{"split", "test"}});
+    write_metrics(stage, -1, r.validation, {{"split", "validation"}});
+    write_metrics(stage, -1, r.test, {{"split", "test"}});
     const char* metric = task().metric();
     std::printf(
         "%-12s validation %s %.4g  test %s %.4g  (loss %.4f)\n",
@@ -350,7 +481,7 @@ struct Job::State {
         r.test.at("loss"));
     if (const auto prompt =
             recipe.get<std::string>("trainer.sample.prompt", "");
-        !prompt.empty()) {
+        !prompt.empty() && is_main()) {
       torch::NoGradGuard no_grad;
       ObserversPaused paused(model);
       model.eval();
@@ -439,11 +570,16 @@ struct Job::State {
         (fs::path(run_dir) / "checkpoints" / stage).string(),
         static_cast<int>(recipe.get<int64_t>("trainer.checkpoint.keep", 3)));
     int64_t step = 0;
+    bool finished = false;
     std::string last_good = "none was written yet";
     if (options.resume) {
+      // Every rank reads the same file (run.dir is shared); rank 0 wrote it
+      // before a barrier. Whatever the world size that wrote it: batches
+      // depend on the step alone.
       if (auto found = checkpoints.latest(options.warn)) {
         found->restore(model, optimizer.get());
         step = found->step;
+        finished = found->final;
         last_good = found->path;
         std::printf(
             "%s: resuming from %s (step %lld%s)\n",
@@ -451,10 +587,28 @@ struct Job::State {
             found->path.c_str(),
             static_cast<long long>(step),
             found->final ? ", finished" : "");
-        if (found->final)
-          return;
       }
+      std::vector<double> low{static_cast<double>(step)}, high = low;
+      dist->all_reduce(low, ReduceOp::min, "agreeing on the checkpoint");
+      dist->all_reduce(high, ReduceOp::max, "agreeing on the checkpoint");
+      if (low[0] != high[0])
+        throw DistributedError(
+            stage + ": the ranks resume from different steps (" +
+            std::to_string(static_cast<int64_t>(low[0])) + " to " +
+            std::to_string(static_cast<int64_t>(high[0])) +
+            "): run.dir must be one folder that every rank sees");
     }
+    // Rank 0's parameters and buffers (observer state, BN statistics,
+    // quantizer flags) everywhere, as DDP's constructor does.
+    {
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> state;
+      for (const auto& [name, tensor] : module_state(model))
+        state.push_back(tensor);
+      dist->broadcast(state, stage + ": broadcasting rank 0's model");
+    }
+    if (finished)
+      return;
     if (teacher)
       teacher->eval();
     const auto log_every = recipe.get<int64_t>("trainer.log_every", 50);
@@ -462,103 +616,179 @@ struct Job::State {
     for (const auto& p : model.parameters())
       if (p.requires_grad())
         parameters.push_back(p);
+    // Quantizer parameters sit out the steps before fake-quant starts.
+    const auto named = model.named_parameters();
+    const bool some_unused =
+        quantized && c.fake_quant_after > 0 &&
+        std::any_of(named.begin(), named.end(), [](const auto& p) {
+          return p.key().find("_quantizer.") != std::string::npos;
+        });
+    const auto sync = dist->data_parallel(parameters, some_unused);
+    const bool several = dist->world_size() > 1;
+    // Without synchronous BN each rank's running statistics follow its own
+    // shard; as DDP (broadcast_buffers), rank 0's become everyone's, here
+    // after each step so that checkpoints and the end agree.
+    std::vector<torch::Tensor> bn_statistics;
+    if (several && !sync_bn) {
+      for (const auto& m : model.modules(/*include_self=*/false)) {
+        if (auto* conv = m->as<QuantConv2dImpl>();
+            conv && !conv->batch_norm.is_empty()) {
+          bn_statistics.push_back(conv->batch_norm->running_mean);
+          bn_statistics.push_back(conv->batch_norm->running_var);
+        }
+      }
+    }
+    const auto save = [&](bool final) {
+      if (is_main())
+        last_good =
+            checkpoints.save(model, optimizer.get(), step, config_text, final);
+      else
+        last_good = "step " + std::to_string(step) + " in " + checkpoints.dir();
+      // No rank goes on (or reads it) before the file is whole.
+      dist->barrier(
+          stage + ": writing the checkpoint of step " + std::to_string(step));
+    };
 
     Progress progress(stage, step, c.steps, log_every);
+    const auto started = std::chrono::steady_clock::now();
+    const double communication_at_start = dist->communication_seconds();
     model.train();
-    while (step < c.steps) {
-      if (quantized)
-        apply_qat_schedule(model, c, step);
-      const double factor = c.lr_factor(step);
-      for (size_t g = 0; g < base_lrs.size(); ++g)
-        optimizer->param_groups()[g].options().set_lr(base_lrs[g] * factor);
-      optimizer->zero_grad();
-      double loss_sum = 0;
-      for (int64_t micro = 0; micro < c.accumulate; ++micro) {
-        const Batch batch = task().train_batch(step * c.accumulate + micro);
-        torch::Tensor loss;
-        {
-          Autocast autocast(c.autocast_bf16 && device.is_cuda());
-          const Output out = task().forward(model, batch.inputs);
-          loss = c.ce * task().loss(out, batch);
-          if (teacher && c.distills()) {
-            Output target;
-            {
-              torch::NoGradGuard no_grad;
-              target = task().forward(*teacher, batch.inputs);
+    try {
+      while (step < c.steps) {
+        activity = stage + ": step " + std::to_string(step + 1);
+        if (quantized)
+          apply_qat_schedule(model, c, step);
+        const double factor = c.lr_factor(step);
+        for (size_t g = 0; g < base_lrs.size(); ++g)
+          optimizer->param_groups()[g].options().set_lr(base_lrs[g] * factor);
+        optimizer->zero_grad();
+        double loss_sum = 0;
+        for (int64_t micro = 0; micro < c.accumulate; ++micro) {
+          const Batch batch = task().train_batch(step * c.accumulate + micro);
+          torch::Tensor loss;
+          {
+            Autocast autocast(c.autocast_bf16 && device.is_cuda());
+            const Output out = task().forward(model, batch.inputs);
+            loss = c.ce * task().loss(out, batch);
+            if (teacher && c.distills()) {
+              Output target;
+              {
+                torch::NoGradGuard no_grad;
+                target = task().forward(*teacher, batch.inputs);
+              }
+              const auto logits = out.logits.to(torch::kFloat);
+              const auto vocab = logits.size(-1);
+              if (c.kl > 0) {
+                const double t = c.temperature;
+                loss = loss +
+                    c.kl * t * t *
+                        F::kl_div(
+                            torch::log_softmax(
+                                logits.reshape({-1, vocab}) / t, 1),
+                            torch::softmax(
+                                target.logits.to(torch::kFloat)
+                                        .reshape({-1, vocab}) /
+                                    t,
+                                1),
+                            F::KLDivFuncOptions().reduction(torch::kBatchMean));
+              }
+              if (c.mse > 0) {
+                loss = loss +
+                    c.mse *
+                        F::mse_loss(
+                            out.features.to(torch::kFloat),
+                            target.features.to(torch::kFloat));
+              }
             }
-            const auto logits = out.logits.to(torch::kFloat);
-            const auto vocab = logits.size(-1);
-            if (c.kl > 0) {
-              const double t = c.temperature;
-              loss = loss +
-                  c.kl * t * t *
-                      F::kl_div(
-                          torch::log_softmax(
-                              logits.reshape({-1, vocab}) / t, 1),
-                          torch::softmax(
-                              target.logits.to(torch::kFloat)
-                                      .reshape({-1, vocab}) /
-                                  t,
-                              1),
-                          F::KLDivFuncOptions().reduction(torch::kBatchMean));
-            }
-            if (c.mse > 0) {
-              loss = loss +
-                  c.mse *
-                      F::mse_loss(
-                          out.features.to(torch::kFloat),
-                          target.features.to(torch::kFloat));
+          }
+          // The mean over the ranks: what is logged, and a NaN on any rank
+          // stops them all at the same step.
+          std::vector<double> values{loss.item<double>()};
+          dist->all_reduce(
+              values,
+              ReduceOp::sum,
+              stage + ": step " + std::to_string(step + 1) +
+                  ": averaging the loss");
+          const double value =
+              values[0] / static_cast<double>(dist->world_size());
+          if (!std::isfinite(value)) {
+            throw TrainingError(
+                stage + ": step " + std::to_string(step + 1) +
+                ": the loss is " + (std::isnan(value) ? "nan" : "inf") +
+                (several ? " (mean over the ranks)" : "") +
+                "; stopped before updating the weights (last good checkpoint: " +
+                last_good +
+                "). Lower the learning rate or enable clip_grad_norm.");
+          }
+          loss_sum += value;
+          // Gradients are averaged over the ranks in the last micro-batch's
+          // backward only; the earlier ones accumulate locally.
+          sync->before_backward(loss, micro == c.accumulate - 1);
+          if (!several) {
+            (loss / static_cast<double>(c.accumulate)).backward();
+          } else {
+            try {
+              (loss / static_cast<double>(c.accumulate)).backward();
+            } catch (const std::exception& e) {
+              dist->fail(
+                  stage + ": step " + std::to_string(step + 1) +
+                      ": backward with the gradient all-reduce",
+                  e);
             }
           }
         }
-        const double value = loss.item<double>();
-        if (!std::isfinite(value)) {
+        const double grad_norm = torch::nn::utils::clip_grad_norm_(
+            parameters,
+            c.clip > 0 ? c.clip : std::numeric_limits<double>::infinity());
+        if (!std::isfinite(grad_norm)) {
           throw TrainingError(
-              stage + ": step " + std::to_string(step + 1) + ": the loss is " +
-              (std::isnan(value) ? "nan" : "inf") +
-              "; stopped before updating the weights (last good checkpoint: " +
-              last_good +
-              "). Lower the learning rate or enable clip_grad_norm.");
+              stage + ": step " + std::to_string(step + 1) +
+              ": the gradient norm is not finite; stopped before updating the weights (last "
+              "good checkpoint: " +
+              last_good + ")");
         }
-        loss_sum += value;
-        (loss / static_cast<double>(c.accumulate)).backward();
+        optimizer->step();
+        if (!bn_statistics.empty()) {
+          torch::NoGradGuard no_grad;
+          dist->broadcast(bn_statistics, stage + ": rank 0's BN statistics");
+        }
+        ++step;
+        const double loss_mean = loss_sum / static_cast<double>(c.accumulate);
+        Metrics logged{
+            {"loss", loss_mean},
+            {"lr", base_lrs[0] * factor},
+            {"grad_norm", grad_norm}};
+        // Seconds since this stage (re)started, and of them in c10d's
+        // collectives: throughput and communication share per world size.
+        logged["elapsed_s"] = std::chrono::duration<double>(
+                                  std::chrono::steady_clock::now() - started)
+                                  .count();
+        if (several)
+          logged["communication_s"] =
+              dist->communication_seconds() - communication_at_start;
+        write_metrics(stage, step, logged);
+        progress.update(step, loss_mean, base_lrs[0] * factor);
+        if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
+          auto m = evaluate(model, Split::validation);
+          write_metrics(stage, step, m, {{"split", "validation"}});
+        }
+        const bool halt =
+            stage == options.halt_stage && step == options.halt_step;
+        if ((every > 0 && step % every == 0 && step < c.steps) || halt)
+          save(/*final=*/false);
+        if (halt) {
+          progress.finish();
+          throw Halted{step};
+        }
       }
-      const double grad_norm = torch::nn::utils::clip_grad_norm_(
-          parameters,
-          c.clip > 0 ? c.clip : std::numeric_limits<double>::infinity());
-      if (!std::isfinite(grad_norm)) {
-        throw TrainingError(
-            stage + ": step " + std::to_string(step + 1) +
-            ": the gradient norm is not finite; stopped before updating the weights (last "
-            "good checkpoint: " +
-            last_good + ")");
-      }
-      optimizer->step();
-      ++step;
-      const double loss_mean = loss_sum / static_cast<double>(c.accumulate);
-      metrics->write(
-          stage,
-          step,
-          {{"loss", loss_mean},
-           {"lr", base_lrs[0] * factor},
-           {"grad_norm", grad_norm}});
-      progress.update(step, loss_mean, base_lrs[0] * factor);
-      if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
-        auto m = evaluate(model, Split::validation);
-        metrics->write(stage, step, m, {{"split", "validation"}});
-      }
-      const bool halt =
-          stage == options.halt_stage && step == options.halt_step;
-      if ((every > 0 && step % every == 0 && step < c.steps) || halt) {
-        last_good = checkpoints.save(model, optimizer.get(), step, config_text);
-      }
-      if (halt) {
-        progress.finish();
-        throw Halted{step};
-      }
+    } catch (const DistributedError& e) {
+      // What survives on disk, for --resume.
+      throw DistributedError(
+          std::string(e.what()) + "; last good checkpoint: " + last_good);
     }
     progress.finish();
-    checkpoints.save(model, optimizer.get(), step, config_text, /*final=*/true);
+    save(/*final=*/true);
+    check_ranks_agree(stage, model);
     if (quantized) { // leave the schedule's end state: observers frozen
       set_observers(model, false);
       set_fake_quant(model, true);
@@ -570,6 +800,7 @@ struct Job::State {
   void float_stage() {
     torch::manual_seed(seed);
     float_model = build_model();
+    make_data_parallel(*float_model);
     const auto load = recipe.get<std::string>("trainer.float.load", "");
     if (!load.empty()) {
       load_module_state(*float_model, read_checkpoint(load).model, load);
@@ -684,6 +915,8 @@ struct Job::State {
                     "trainer.qat.schemes")) +
                 ")");
       }
+      if (!is_main())
+        continue; // rank 0 writes; the barrier below waits for it
       const auto path =
           (fs::path(run_dir) / "export" / (name + export_extension(format)))
               .string();
@@ -703,6 +936,7 @@ struct Job::State {
       }
       std::printf("export: %s\n", describe(sizes, path).c_str());
     }
+    dist->barrier("export: waiting for rank 0 to write the exports");
   }
 
   void eval_stage();
@@ -713,6 +947,8 @@ void Job::State::eval_stage() {
   if (results.empty())
     throw TrainingError(
         "eval: no model was evaluated; run float (and ptq / qat) first");
+  if (!is_main())
+    return; // every rank has the results; rank 0 reports them
   const ModelResult& base = results.front();
   const std::string metric = task().metric();
   const bool accuracy = task().higher_is_better();
@@ -862,14 +1098,24 @@ std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
         " already holds checkpoints: pass --resume to continue that run, or set run.dir to "
         "another directory");
   }
-  fs::create_directories(dir);
-  {
-    std::ofstream config(dir / "config.yaml");
-    config << s.config_text << "\n";
+  if (s.is_main()) {
+    fs::create_directories(dir);
+    {
+      std::ofstream config(dir / "config.yaml");
+      config << s.config_text << "\n";
+    }
+    s.metrics = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string());
   }
-  s.metrics = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string());
-  std::printf(
-      "run: %s (device %s)\n", s.run_dir.c_str(), s.device.str().c_str());
+  if (s.dist->world_size() > 1)
+    std::printf(
+        "run: %s (%lld ranks over %s, device %s)\n",
+        s.run_dir.c_str(),
+        static_cast<long long>(s.dist->world_size()),
+        s.dist->backend().c_str(),
+        s.device.str().c_str());
+  else
+    std::printf(
+        "run: %s (device %s)\n", s.run_dir.c_str(), s.device.str().c_str());
   try {
     for (const auto& stage : stages) {
       if (stage == "float")
@@ -887,6 +1133,11 @@ std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
     std::printf(
         "halted after step %lld as asked; continue with --resume\n",
         static_cast<long long>(h.step));
+  } catch (const DistributedError&) {
+    throw; // it names the ranks already
+  } catch (const std::exception& e) {
+    s.dist->announce_failure(e.what()); // so the others can say why
+    throw;
   }
   return s.results;
 }

@@ -107,7 +107,10 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
     if (bias.defined())
       y = y + bias.reshape({1, -1, 1, 1});
   }
-  if (!batch_norm.is_empty()) {
+  if (!batch_norm.is_empty() && batch_stats_gather_ && is_training() &&
+      !bn_frozen_) {
+    y = synchronized_batch_norm(y);
+  } else if (!batch_norm.is_empty()) {
     const auto& bn = batch_norm->options;
     y = F::batch_norm(
         y,
@@ -121,6 +124,48 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
             .eps(bn.eps()));
   }
   return LayerQuantizers::apply(quantizers.output, y);
+}
+
+/* Synchronous BN. Each rank r has n_r elements per channel with mean m_r and
+ * squared deviations M_r; the global batch has (Chan et al.'s pairwise
+ * update, as torch.nn.SyncBatchNorm combines its ranks)
+ *   n = sum n_r,  mean = sum n_r m_r / n,
+ *   var = sum (M_r + n_r (m_r - mean)^2) / n
+ * (biased, as BN normalises; the running variance gets n / (n - 1) var).
+ * The statistics pass through the gather, whose backward sums each rank's
+ * gradient with respect to them: every rank's loss depends on every shard
+ * through the shared statistics, and with the data-parallel average of the
+ * parameter gradients that is the gradient of the mean loss over the global
+ * batch.
+ */
+torch::Tensor QuantConv2dImpl::synchronized_batch_norm(const torch::Tensor& y) {
+  const auto& bn = batch_norm->options;
+  const int64_t channels = y.size(1);
+  const torch::Tensor y32 = y.to(torch::kFloat); // counts exact under bf16
+  const torch::Tensor local_mean = y32.mean({0, 2, 3});
+  const torch::Tensor deviations = y32 - local_mean.view({1, -1, 1, 1});
+  const auto local = torch::stack(
+      {torch::full({channels}, y.numel() / channels, y32.options()),
+       local_mean,
+       (deviations * deviations).sum({0, 2, 3})});
+  const torch::Tensor ranks = batch_stats_gather_(local); // [ranks, 3, C]
+  const torch::Tensor n_r = ranks.select(1, 0), m_r = ranks.select(1, 1);
+  const torch::Tensor count = n_r.sum(0);
+  const torch::Tensor mean = (n_r * m_r).sum(0) / count;
+  const torch::Tensor var =
+      (ranks.select(1, 2) + n_r * (m_r - mean).square()).sum(0) / count;
+  {
+    torch::NoGradGuard no_grad;
+    const double momentum = bn.momentum().value_or(0.1);
+    batch_norm->running_mean.mul_(1 - momentum).add_(mean.detach() * momentum);
+    batch_norm->running_var.mul_(1 - momentum)
+        .add_(var.detach() * count / (count - 1) * momentum);
+  }
+  const auto shape = std::vector<int64_t>{1, channels, 1, 1};
+  const torch::Tensor scale = batch_norm->weight * torch::rsqrt(var + bn.eps());
+  return ((y32 - mean.view(shape)) * scale.view(shape) +
+          batch_norm->bias.view(shape))
+      .to(y.scalar_type());
 }
 
 torch::nn::Conv2d QuantConv2dImpl::to_float() const {

@@ -18,11 +18,16 @@
 // (b - running_mean) * gamma' + beta. convert() quantizes that folded weight,
 // and the converted module serves the folded conv (BN no longer runs): in eval
 // mode the same values as the fake-quantized Conv+BN, up to float rounding.
+//
+// Data-parallel training can make BN synchronous (as torch.nn.SyncBatchNorm):
+// with a batch statistics gather set, training batches are normalised with
+// the mean and variance of the global batch, all ranks' shards together.
 #pragma once
 
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 
+#include <functional>
 #include <optional>
 
 #include "qat/modules/quantizers.h"
@@ -46,6 +51,15 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
   }
   bool bn_frozen() const {
     return bn_frozen_;
+  }
+  // Gathers this rank's per-channel statistics [3, C] (element count, mean,
+  // sum of squared deviations from that mean) with every other rank's into
+  // [ranks, 3, C], differentiably: its backward returns to each rank the sum
+  // over the ranks of the gradients with respect to its statistics. Unset
+  // (the default): BN uses the local batch alone.
+  using BatchStatsGather = std::function<torch::Tensor(const torch::Tensor&)>;
+  void set_batch_stats_gather(BatchStatsGather gather) {
+    batch_stats_gather_ = std::move(gather);
   }
   // The float Conv2d to serve: with BN folded into its weight and bias.
   torch::nn::Conv2d to_float() const;
@@ -75,7 +89,10 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl>,
   torch::Tensor bn_scale() const;
   // (b - running_mean) * gamma' + beta: the bias of the folded conv.
   torch::Tensor folded_bias() const;
+  // Training-mode BN over the global batch (see set_batch_stats_gather).
+  torch::Tensor synchronized_batch_norm(const torch::Tensor& y);
   bool bn_frozen_ = false;
+  BatchStatsGather batch_stats_gather_;
 };
 
 class QuantConv2d : public torch::nn::ModuleHolder<QuantConv2dImpl> {

@@ -1,0 +1,2 @@
+// Shim: ProcessGroupGloo.hpp includes this but uses nothing from it.
+#pragma once
