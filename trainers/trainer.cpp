@@ -1,6 +1,7 @@
 #include "trainers/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -296,9 +297,20 @@ struct Job::State {
     if (d.bucket_mb <= 0)
       recipe.fail_at("run.distributed.bucket_mb", "must be positive");
     sync_bn = recipe.get<bool>("run.distributed.sync_bn", false);
-    // One GPU per process, the LOCAL_RANK-th of its node.
-    if (device.is_cuda() && launch.world_size > 1)
-      device = torch::Device(torch::kCUDA, launch.local_rank);
+    // One GPU per process, the LOCAL_RANK-th of its node, also the current
+    // one (for tensors made on "cuda" without an index, and NCCL's barrier).
+    if (device.is_cuda() && launch.world_size > 1) {
+      if (launch.local_rank >=
+          static_cast<int64_t>(torch::cuda::device_count()))
+        throw DistributedError(
+            "LOCAL_RANK " + std::to_string(launch.local_rank) +
+            " but this node has " +
+            std::to_string(torch::cuda::device_count()) +
+            " GPUs: start at most one rank per GPU");
+      device = torch::Device(
+          torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank));
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
+    }
     dist = std::make_unique<Distributed>(launch, device, d);
   }
 

@@ -16,6 +16,12 @@
 // weights as a run that was never interrupted (on CPU). A NaN or inf loss
 // stops the run with TrainingError, leaving the last good checkpoint intact.
 //
+// Under torchrun or srun the job is data-parallel (trainers/distributed.h,
+// docs/DISTRIBUTED.md): each rank trains on its slice of every global batch,
+// gradients, observer ranges and (with run.distributed.sync_bn) BN statistics
+// are reduced across the ranks, and rank 0 alone writes files; N ranks end
+// with the weights one process would, and resume with any world size.
+//
 // Example:
 //   auto recipe = qat::recipe::Recipe::load("recipes/quickstart.yaml", {});
 //   qat::train::Job job(recipe, {});
