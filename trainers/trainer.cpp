@@ -713,26 +713,7 @@ struct Job::State {
               }
             }
           }
-          // The mean over the ranks: what is logged, and a NaN on any rank
-          // stops them all at the same step.
-          std::vector<double> values{loss.item<double>()};
-          dist->all_reduce(
-              values,
-              ReduceOp::sum,
-              stage + ": step " + std::to_string(step + 1) +
-                  ": averaging the loss");
-          const double value =
-              values[0] / static_cast<double>(dist->world_size());
-          if (!std::isfinite(value)) {
-            throw TrainingError(
-                stage + ": step " + std::to_string(step + 1) +
-                ": the loss is " + (std::isnan(value) ? "nan" : "inf") +
-                (several ? " (mean over the ranks)" : "") +
-                "; stopped before updating the weights (last good checkpoint: " +
-                last_good +
-                "). Lower the learning rate or enable clip_grad_norm.");
-          }
-          loss_sum += value;
+          loss_sum += loss.item<double>();
           // Gradients are averaged over the ranks in the last micro-batch's
           // backward only; the earlier ones accumulate locally.
           sync->before_backward(loss, micro == c.accumulate - 1);
@@ -748,6 +729,26 @@ struct Job::State {
                   e);
             }
           }
+        }
+        // The mean over the ranks, one all-reduce per step however many
+        // micro-batches: what is logged, and a NaN on any rank stops them
+        // all at the same step, before the weights change.
+        std::vector<double> total{loss_sum};
+        dist->all_reduce(
+            total,
+            ReduceOp::sum,
+            stage + ": step " + std::to_string(step + 1) +
+                ": averaging the loss");
+        const double loss_mean =
+            total[0] / static_cast<double>(c.accumulate * dist->world_size());
+        if (!std::isfinite(loss_mean)) {
+          throw TrainingError(
+              stage + ": step " + std::to_string(step + 1) + ": the loss is " +
+              (std::isnan(loss_mean) ? "nan" : "inf") +
+              (several ? " (mean over the ranks)" : "") +
+              "; stopped before updating the weights (last good checkpoint: " +
+              last_good +
+              "). Lower the learning rate or enable clip_grad_norm.");
         }
         const double grad_norm = torch::nn::utils::clip_grad_norm_(
             parameters,
@@ -765,7 +766,6 @@ struct Job::State {
           dist->broadcast(bn_statistics, stage + ": rank 0's BN statistics");
         }
         ++step;
-        const double loss_mean = loss_sum / static_cast<double>(c.accumulate);
         Metrics logged{
             {"loss", loss_mean},
             {"lr", base_lrs[0] * factor},
