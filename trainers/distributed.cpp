@@ -387,7 +387,9 @@ torch::Tensor Distributed::gather_over_ranks(const torch::Tensor& tensor) {
   };
   return SumOverRanks::apply(
       torch::cat(
-          {zeros(rank()), tensor.unsqueeze(0), zeros(world_size() - rank() - 1)}),
+          {zeros(rank()),
+           tensor.unsqueeze(0),
+           zeros(world_size() - rank() - 1)}),
       this);
 }
 
@@ -447,6 +449,18 @@ std::unique_ptr<GradientSync> Distributed::data_parallel(
       std::vector<int64_t>{});
   reducer->register_comm_hook(std::make_unique<TimedAllReduce>(*impl_));
   return std::make_unique<ReducerSync>(*this, std::move(reducer));
+}
+
+void Distributed::guarded(
+    const std::string& what,
+    const std::function<void()>& body) {
+  if (!impl_->group)
+    return body();
+  try {
+    body();
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
 }
 
 void Distributed::announce_failure(const std::string& reason) noexcept {

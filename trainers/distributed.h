@@ -127,6 +127,9 @@ class Distributed {
   // are still there and why they stopped, and names those that did not
   // answer. Call it where c10d's exception was caught.
   [[noreturn]] void fail(const std::string& during, const std::exception& e);
+  // Runs `body` (a backward whose gradient buckets are all-reduced as it
+  // goes); with several ranks, an exception from it goes through fail().
+  void guarded(const std::string& what, const std::function<void()>& body);
   // Tells the other ranks that this one stops with `reason` (best effort;
   // they name it in their own errors).
   void announce_failure(const std::string& reason) noexcept;

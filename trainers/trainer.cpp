@@ -569,6 +569,46 @@ struct Job::State {
     freeze_bn(model, c.freeze_bn_at >= 0 && step >= c.freeze_bn_at);
   }
 
+  // The training loss of one micro-batch: c.ce x cross-entropy, plus the
+  // distillation terms when there is a teacher.
+  torch::Tensor loss_of(
+      torch::nn::Module& model,
+      const Batch& batch,
+      const LoopConfig& c,
+      torch::nn::Module* teacher) {
+    Autocast autocast(c.autocast_bf16 && device.is_cuda());
+    const Output out = task().forward(model, batch.inputs);
+    torch::Tensor loss = c.ce * task().loss(out, batch);
+    if (!teacher || !c.distills())
+      return loss;
+    Output target;
+    {
+      torch::NoGradGuard no_grad;
+      target = task().forward(*teacher, batch.inputs);
+    }
+    const auto logits = out.logits.to(torch::kFloat);
+    const auto vocab = logits.size(-1);
+    if (c.kl > 0) {
+      const double t = c.temperature;
+      loss = loss +
+          c.kl * t * t *
+              F::kl_div(
+                  torch::log_softmax(logits.reshape({-1, vocab}) / t, 1),
+                  torch::softmax(
+                      target.logits.to(torch::kFloat).reshape({-1, vocab}) / t,
+                      1),
+                  F::KLDivFuncOptions().reduction(torch::kBatchMean));
+    }
+    if (c.mse > 0) {
+      loss = loss +
+          c.mse *
+              F::mse_loss(
+                  out.features.to(torch::kFloat),
+                  target.features.to(torch::kFloat));
+    }
+    return loss;
+  }
+
   void train_stage(
       const std::string& stage,
       torch::nn::Module& model,
@@ -677,58 +717,15 @@ struct Job::State {
         double loss_sum = 0;
         for (int64_t micro = 0; micro < c.accumulate; ++micro) {
           const Batch batch = task().train_batch(step * c.accumulate + micro);
-          torch::Tensor loss;
-          {
-            Autocast autocast(c.autocast_bf16 && device.is_cuda());
-            const Output out = task().forward(model, batch.inputs);
-            loss = c.ce * task().loss(out, batch);
-            if (teacher && c.distills()) {
-              Output target;
-              {
-                torch::NoGradGuard no_grad;
-                target = task().forward(*teacher, batch.inputs);
-              }
-              const auto logits = out.logits.to(torch::kFloat);
-              const auto vocab = logits.size(-1);
-              if (c.kl > 0) {
-                const double t = c.temperature;
-                loss = loss +
-                    c.kl * t * t *
-                        F::kl_div(
-                            torch::log_softmax(
-                                logits.reshape({-1, vocab}) / t, 1),
-                            torch::softmax(
-                                target.logits.to(torch::kFloat)
-                                        .reshape({-1, vocab}) /
-                                    t,
-                                1),
-                            F::KLDivFuncOptions().reduction(torch::kBatchMean));
-              }
-              if (c.mse > 0) {
-                loss = loss +
-                    c.mse *
-                        F::mse_loss(
-                            out.features.to(torch::kFloat),
-                            target.features.to(torch::kFloat));
-              }
-            }
-          }
+          const torch::Tensor loss = loss_of(model, batch, c, teacher);
           loss_sum += loss.item<double>();
           // Gradients are averaged over the ranks in the last micro-batch's
           // backward only; the earlier ones accumulate locally.
           sync->before_backward(loss, micro == c.accumulate - 1);
-          if (!several) {
-            (loss / static_cast<double>(c.accumulate)).backward();
-          } else {
-            try {
-              (loss / static_cast<double>(c.accumulate)).backward();
-            } catch (const std::exception& e) {
-              dist->fail(
-                  stage + ": step " + std::to_string(step + 1) +
-                      ": backward with the gradient all-reduce",
-                  e);
-            }
-          }
+          dist->guarded(
+              stage + ": step " + std::to_string(step + 1) +
+                  ": backward with the gradient all-reduce",
+              [&] { (loss / static_cast<double>(c.accumulate)).backward(); });
         }
         // The mean over the ranks, one all-reduce per step however many
         // micro-batches: what is logged, and a NaN on any rank stops them
