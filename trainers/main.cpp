@@ -198,11 +198,14 @@ int main(int argc, char** argv) {
     } else {
       std::printf("%s", job.info(c.scheme).c_str());
     }
-  } catch (const qat::train::DistributedError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what()); // names its rank
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s%s\n", who.c_str(), e.what());
+    // A collective's error names its rank already ("rank 1 of 8: ...").
+    const std::string message = e.what();
+    std::fprintf(
+        stderr,
+        "error: %s%s\n",
+        message.rfind("rank ", 0) == 0 ? "" : who.c_str(),
+        message.c_str());
     return 1;
   }
   return 0;

@@ -365,6 +365,48 @@ struct Job::State {
     }
   }
 
+  // Every rank's CRC-32, in rank order, as "1a2b3c4d,1a2b3c4d"; `equal` says
+  // whether they all are.
+  std::string digests_over_ranks(
+      uLong crc,
+      const std::string& what,
+      bool& equal) {
+    std::vector<double> digests(static_cast<size_t>(dist->world_size()), 0.0);
+    digests[static_cast<size_t>(dist->rank())] = static_cast<double>(crc);
+    dist->all_reduce(digests, ReduceOp::sum, what);
+    std::string text;
+    for (const double d : digests) {
+      char hex[16];
+      std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(d));
+      text += (text.empty() ? "" : ",") + std::string(hex);
+    }
+    equal = std::adjacent_find(
+                digests.begin(), digests.end(), std::not_equal_to<>()) ==
+        digests.end();
+    return text;
+  }
+
+  // Ranks started with different recipes (another override on one node)
+  // would train different models in lockstep without noticing.
+  void check_same_recipe() {
+    if (dist->world_size() == 1)
+      return;
+    const uLong crc = crc32_z(
+        crc32(0L, Z_NULL, 0),
+        reinterpret_cast<const Bytef*>(config_text.data()),
+        static_cast<z_size_t>(config_text.size()));
+    bool equal = false;
+    const auto text =
+        digests_over_ranks(crc, "comparing the ranks' recipes", equal);
+    if (!equal)
+      throw DistributedError(
+          "the ranks were started with different recipes (CRC-32 of the "
+          "composed recipe per rank: " +
+          text +
+          "); start every rank with the same recipe and overrides (compare "
+          "with --print-config)");
+  }
+
   // Data parallelism keeps the ranks' models equal by construction; this
   // checks it at the end of each training stage. Each rank's digest is the
   // CRC-32 of its parameters and buffers (raw bytes, in name order); rank 0
@@ -384,20 +426,11 @@ struct Job::State {
           static_cast<const Bytef*>(bytes.data_ptr()),
           static_cast<z_size_t>(bytes.nbytes()));
     }
-    std::vector<double> digests(static_cast<size_t>(dist->world_size()), 0.0);
-    digests[static_cast<size_t>(dist->rank())] = static_cast<double>(crc);
-    dist->all_reduce(
-        digests, ReduceOp::sum, stage + ": comparing the ranks' models");
-    std::string text;
-    for (const double d : digests) {
-      char hex[16];
-      std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(d));
-      text += (text.empty() ? "" : ",") + std::string(hex);
-    }
+    bool equal = false;
+    const auto text =
+        digests_over_ranks(crc, stage + ": comparing the ranks' models", equal);
     write_metrics(stage, -1, {}, {{"rank_digests", text}});
-    if (std::adjacent_find(
-            digests.begin(), digests.end(), std::not_equal_to<>()) !=
-        digests.end())
+    if (!equal)
       throw DistributedError(
           stage +
           ": the ranks' models differ after training (CRC-32 per rank: " +
@@ -1100,6 +1133,7 @@ std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
               "; stages: " + join_names(known));
     }
   }
+  s.check_same_recipe();
   const fs::path dir(s.run_dir);
   if (!s.options.resume && fs::exists(dir / "checkpoints")) {
     throw TrainingError(

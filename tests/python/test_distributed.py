@@ -18,7 +18,7 @@ us). What is checked:
                 it, it does not (the check can tell)
   failures      a killed rank, a hung rank (SIGSTOP) and a killed rank 0: the survivor exits
                 within the timeout with an error naming the rank, and every checkpoint left
-                behind still verifies
+                behind still verifies; ranks started with different recipes refuse to train
 """
 import json
 import os
@@ -296,6 +296,23 @@ rank0.send_signal(signal.SIGKILL)
 rank0.wait()
 survivor_ends("rank 0 killed", rank1, 15, "rank 0")
 verify_checkpoints(run_dir, "qat.w4a4")
+
+# Ranks started with different overrides: both refuse before training.
+port = free_port()
+mismatched = []
+for rank, steps in enumerate((20, 21)):
+    env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    mismatched.append(subprocess.Popen(
+        [QAT, "train", RECIPE, f"run.dir={os.path.join(WORK, 'mismatch')}", *COMMON, *QAT_STAGE,
+         f"trainer.qat.steps={steps}"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True))
+errors = [p.communicate(timeout=120)[1] for p in mismatched]
+check(all(p.returncode == 1 for p in mismatched)
+      and all("started with different recipes" in e for e in errors),
+      "ranks with different recipes both stop, saying so: " + errors[0].strip()[-200:])
+check(not os.path.exists(os.path.join(WORK, "mismatch", "checkpoints")),
+      "and write nothing")
 
 if failures:
     raise SystemExit(f"{len(failures)} check(s) failed; runs kept in {WORK}")
