@@ -5,7 +5,8 @@
 Runs the real `qat train` on the digits (MLP) and quickstart (ResNet on Fashion-MNIST) recipes:
 the float stage, and a QAT stage (w4a4: LSQ weight scales, moving-average activation observers
 reduced across the ranks), each for a fixed number of steps with evaluation and checkpoints
-off. The configurations share the machine's cores: 1 process with 1 thread (the baseline),
+off; and the KJV recipe's Llama-style decoder at W8A8 (per-token dynamic activations: no
+observer traffic), distilled from the float model. The configurations share the machine's cores: 1 process with 1 thread (the baseline),
 1 process with as many threads as ranks, and N ranks with 1 thread each. Throughput comes from
 the `elapsed_s` that metrics.jsonl logs per step (the first steps are left out as warm-up);
 `communication_s` is the time in collectives (blocking calls, plus every gradient bucket's
@@ -30,6 +31,9 @@ CASES = [
      ["trainer.stages=[float,qat]", "trainer.float.steps=50", "trainer.qat.schemes=[w4a4]",
       "trainer.qat.freeze_observers_at=-1"], 400),
     ("Fashion-MNIST ResNet, float", "quickstart.yaml", ["trainer.stages=[float]"], 60),
+    ("KJV Llama decoder (0.4M), QAT W8A8", "kjv.yaml",
+     ["trainer.stages=[float,qat]", "trainer.float.steps=25", "trainer.qat.schemes=[w8a8]"],
+     100),
     ("Fashion-MNIST ResNet, QAT w4a4", "quickstart.yaml",
      ["trainer.stages=[float,qat]", "trainer.float.steps=20", "trainer.qat.schemes=[w4a4]",
       "trainer.qat.freeze_observers_at=-1", "trainer.qat.freeze_bn_at=-1",
@@ -80,7 +84,7 @@ def main():
     for name, recipe, overrides, steps in CASES:
         steps = max(WARMUP + 5, int(steps * a.steps_scale))
         stage = "qat" if "trainer.stages=[float,qat]" in overrides else "float"
-        batch = 64 if recipe == "digits.yaml" else 128
+        batch = {"digits.yaml": 64, "kjv.yaml": 32}.get(recipe, 128)
         base, _ = run(qat, recipe, overrides, stage, steps, 1, 1, work)
         threaded, _ = run(qat, recipe, overrides, stage, steps, 1, n, work)
         parallel, share = run(qat, recipe, overrides, stage, steps, n, 1, work)
