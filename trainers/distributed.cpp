@@ -13,7 +13,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
 namespace qat::train {
@@ -36,6 +38,33 @@ int64_t parse_int(const std::string& variable, const std::string& text) {
 // How long a rank that saw a collective fail waits for the others to say
 // whether they are still there.
 constexpr std::chrono::milliseconds kPostMortem{3000};
+
+// Runs `work` on a thread of its own and waits for it at most `limit`: a
+// TCPStore request to a rank 0 that is stopped (not dead) never returns,
+// whatever the store's timeout. Returns false when `work` did not finish in
+// time; it is then left behind, owning what it captured.
+bool finishes_within(
+    std::chrono::milliseconds limit,
+    std::function<void()> work) {
+  struct Done {
+    std::mutex mutex;
+    std::condition_variable signal;
+    bool done = false;
+  };
+  auto state = std::make_shared<Done>();
+  std::thread([state, work = std::move(work)] {
+    try {
+      work();
+    } catch (const std::exception&) {
+      // The caller reads what `work` recorded before it threw.
+    }
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->done = true;
+    state->signal.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  return state->signal.wait_for(lock, limit, [&] { return state->done; });
+}
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
@@ -466,14 +495,12 @@ void Distributed::guarded(
 void Distributed::announce_failure(const std::string& reason) noexcept {
   if (!impl_->status)
     return;
-  try {
-    impl_->tcp->setTimeout(kPostMortem);
-    impl_->status->set(
-        "error/" + std::to_string(rank()),
-        std::vector<uint8_t>(reason.begin(), reason.end()));
-  } catch (const std::exception&) {
-    // The store is gone with rank 0; the others will say so.
-  }
+  // Best effort: a store that is gone with rank 0 makes the others say so.
+  auto status = impl_->status;
+  const auto key = "error/" + std::to_string(rank());
+  finishes_within(kPostMortem, [status, key, reason] {
+    status->set(key, std::vector<uint8_t>(reason.begin(), reason.end()));
+  });
 }
 
 void Distributed::fail(const std::string& during, const std::exception& e) {
@@ -485,59 +512,82 @@ void Distributed::fail(const std::string& during, const std::exception& e) {
     throw DistributedError(head + e.what());
   // Ask the others. Each rank that sees the failure says so; one that
   // stopped on an error of its own has left the reason; one that says
-  // nothing within kPostMortem is dead or hung.
-  std::vector<std::string> findings, silent;
-  try {
-    s.tcp->setTimeout(kPostMortem);
-    s.status->set("failed/" + std::to_string(rank()), std::vector<uint8_t>{1});
+  // nothing within kPostMortem is dead or hung. The questions run on a
+  // thread of their own: a stopped rank 0 would hold its store's answers
+  // for ever.
+  struct Answers {
+    std::mutex mutex;
+    std::vector<std::string> stopped; // "rank 3 stopped with: ..."
+    std::vector<bool> answered;
+    bool store_reached = false;
+  };
+  auto answers = std::make_shared<Answers>();
+  answers->answered.assign(static_cast<size_t>(world_size()), false);
+  answers->answered[static_cast<size_t>(rank())] = true;
+  auto status = s.status;
+  const int64_t me = rank(), world = world_size();
+  finishes_within(kPostMortem + std::chrono::seconds(1), [=] {
+    status->set("failed/" + std::to_string(me), std::vector<uint8_t>{1});
     const auto deadline = Clock::now() + kPostMortem;
-    std::vector<bool> answered(static_cast<size_t>(world_size()), false);
-    answered[static_cast<size_t>(rank())] = true;
     for (;;) {
       bool all = true;
-      for (int64_t r = 0; r < world_size(); ++r) {
-        if (answered[static_cast<size_t>(r)])
-          continue;
+      for (int64_t r = 0; r < world; ++r) {
         const auto id = std::to_string(r);
-        if (s.status->check({"error/" + id})) {
-          const auto reason = s.status->get("error/" + id);
-          findings.push_back(
-              "rank " + id +
-              " stopped with: " + std::string(reason.begin(), reason.end()));
-          answered[static_cast<size_t>(r)] = true;
-        } else if (s.status->check({"failed/" + id})) {
-          answered[static_cast<size_t>(r)] = true;
-        } else {
-          all = false;
+        {
+          std::lock_guard<std::mutex> lock(answers->mutex);
+          if (answers->answered[static_cast<size_t>(r)])
+            continue;
         }
+        std::string stopped;
+        bool answered = false;
+        if (status->check({"error/" + id})) {
+          const auto reason = status->get("error/" + id);
+          stopped = "rank " + id +
+              " stopped with: " + std::string(reason.begin(), reason.end());
+          answered = true;
+        } else {
+          answered = status->check({"failed/" + id});
+        }
+        std::lock_guard<std::mutex> lock(answers->mutex);
+        answers->store_reached = true; // it answered a question
+        answers->answered[static_cast<size_t>(r)] = answered;
+        if (!stopped.empty())
+          answers->stopped.push_back(stopped);
+        all = all && answered;
       }
       if (all || Clock::now() > deadline)
-        break;
+        return;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    for (int64_t r = 0; r < world_size(); ++r)
-      if (!answered[static_cast<size_t>(r)])
-        silent.push_back(std::to_string(r));
-  } catch (const std::exception&) {
+  });
+  std::lock_guard<std::mutex> lock(answers->mutex);
+  if (!answers->store_reached)
     throw DistributedError(
         head + "rank 0, which hosts the store at " + s.launch.master_addr +
         ":" + std::to_string(s.launch.master_port) +
         ", does not answer: it died or hangs" + cause);
+  std::vector<std::string> findings;
+  std::string silent;
+  int64_t silent_count = 0;
+  for (int64_t r = 0; r < world; ++r) {
+    if (!answers->answered[static_cast<size_t>(r)]) {
+      silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+      ++silent_count;
+    }
   }
-  if (!silent.empty()) {
-    std::string ranks;
-    for (const auto& r : silent)
-      ranks += (ranks.empty() ? "" : ", ") + r;
-    findings.insert(
-        findings.begin(),
-        "rank" + std::string(silent.size() > 1 ? "s " : " ") + ranks +
-            " did not answer within " +
-            std::to_string(kPostMortem.count() / 1000) + " s: died or hung");
-  }
+  if (silent_count > 0)
+    findings.push_back(
+        "rank" + std::string(silent_count > 1 ? "s " : " ") + silent +
+        " did not answer within " + std::to_string(kPostMortem.count() / 1000) +
+        " s: died or hung");
+  findings.insert(
+      findings.end(), answers->stopped.begin(), answers->stopped.end());
+  if (findings.empty())
+    throw DistributedError(head + e.what());
   std::string message = head;
   for (size_t i = 0; i < findings.size(); ++i)
     message += (i ? "; " : "") + findings[i];
-  throw DistributedError(findings.empty() ? head + e.what() : message + cause);
+  throw DistributedError(message + cause);
 }
 
 } // namespace qat::train

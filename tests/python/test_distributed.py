@@ -16,7 +16,7 @@ us). What is checked:
   resume        a QAT stage halted by 2 ranks and resumed by 1 ends as the uninterrupted run
   sync BN       a ResNet with run.distributed.sync_bn over 2 ranks matches 1 process; without
                 it, it does not (the check can tell)
-  failures      a killed rank, a hung rank (SIGSTOP) and a killed rank 0: the survivor exits
+  failures      a killed or hung (SIGSTOP) rank 1, then rank 0 (the store's host): the survivor exits
                 within the timeout with an error naming the rank, and every checkpoint left
                 behind still verifies; ranks started with different recipes refuse to train
 """
@@ -295,6 +295,13 @@ run_dir, (rank0, rank1) = start_ranks("killed_0", timeout_s=60)
 rank0.send_signal(signal.SIGKILL)
 rank0.wait()
 survivor_ends("rank 0 killed", rank1, 15, "rank 0")
+verify_checkpoints(run_dir, "qat.w4a4")
+
+run_dir, (rank0, rank1) = start_ranks("hung_0", timeout_s=5)
+rank0.send_signal(signal.SIGSTOP)
+survivor_ends("rank 0 hung (SIGSTOP), timeout 5 s", rank1, 5 + 3 + 5, "rank 0")
+rank0.kill()
+rank0.wait()
 verify_checkpoints(run_dir, "qat.w4a4")
 
 # Ranks started with different overrides: both refuse before training.
