@@ -157,6 +157,7 @@ struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Store>
       status; // our keys: failed/<rank>, error/<rank>
   c10::intrusive_ptr<c10d::ProcessGroup> group;
+  bool agent_store = false; // the store is torchrun's, not rank 0's
   std::atomic<int64_t> communication_ns{0};
   Clock::time_point start = Clock::now();
 
@@ -259,7 +260,11 @@ Distributed::Distributed(
   try {
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<std::uint16_t>(launch.master_port);
-    store_options.isServer = launch.rank == 0;
+    // torchrun's agent already serves a store at MASTER_PORT and says so;
+    // then every rank is a client of it, as in torch.distributed.
+    const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    s.agent_store = agent && std::string(agent) == "True";
+    store_options.isServer = launch.rank == 0 && !s.agent_store;
     store_options.numWorkers = static_cast<size_t>(launch.world_size);
     store_options.waitWorkers = true;
     store_options.timeout = options.timeout;
@@ -270,9 +275,14 @@ Distributed::Distributed(
         "rendezvous at " + where + " failed within " +
         std::to_string(options.timeout.count() / 1000) + " s: " + e.what());
   }
-  // The same key namespace torch.distributed gives its default group.
-  auto store = c10::make_intrusive<c10d::PrefixStore>("default_pg", s.tcp);
-  s.status = c10::make_intrusive<c10d::PrefixStore>("qat", s.tcp);
+  // The key namespaces torch.distributed uses: one per torchrun restart
+  // (the agent's store outlives the workers it restarts), then the default
+  // group's.
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  auto attempt = c10::make_intrusive<c10d::PrefixStore>(
+      "/worker/attempt_" + std::string(restarts ? restarts : "0"), s.tcp);
+  auto store = c10::make_intrusive<c10d::PrefixStore>("default_pg", attempt);
+  s.status = c10::make_intrusive<c10d::PrefixStore>("qat", attempt);
   const int rank = static_cast<int>(launch.rank);
   const int world = static_cast<int>(launch.world_size);
   s.group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
@@ -563,8 +573,10 @@ void Distributed::fail(const std::string& during, const std::exception& e) {
   std::lock_guard<std::mutex> lock(answers->mutex);
   if (!answers->store_reached)
     throw DistributedError(
-        head + "rank 0, which hosts the store at " + s.launch.master_addr +
-        ":" + std::to_string(s.launch.master_port) +
+        head +
+        (s.agent_store ? "torchrun's agent, which hosts the store at "
+                       : "rank 0, which hosts the store at ") +
+        s.launch.master_addr + ":" + std::to_string(s.launch.master_port) +
         ", does not answer: it died or hangs" + cause);
   std::vector<std::string> findings;
   std::string silent;

@@ -724,14 +724,14 @@ struct Job::State {
       }
     }
     const auto save = [&](bool final) {
-      if (is_main())
-        last_good =
-            checkpoints.save(model, optimizer.get(), step, config_text, final);
-      else
-        last_good = "step " + std::to_string(step) + " in " + checkpoints.dir();
-      // No rank goes on (or reads it) before the file is whole.
+      const std::string path = is_main()
+          ? checkpoints.save(model, optimizer.get(), step, config_text, final)
+          : "step " + std::to_string(step) + " in " + checkpoints.dir();
+      // No rank goes on (or reads it) before the file is whole, nor calls it
+      // good before rank 0 has said so.
       dist->barrier(
           stage + ": writing the checkpoint of step " + std::to_string(step));
+      last_good = path;
     };
 
     Progress progress(stage, step, c.steps, log_every);
