@@ -9,6 +9,7 @@ class Context {
  public:
   Context() = delete;
   Context(const Context&) = delete;
-  void setTimeout(std::chrono::milliseconds timeout);  // defined in libtorch_cpu.so
+  void setTimeout(
+      std::chrono::milliseconds timeout); // defined in libtorch_cpu.so
 };
 } // namespace gloo
