@@ -57,8 +57,8 @@ struct Launch {
 std::string first_slurm_host(const std::string& nodelist);
 
 struct DistributedOptions {
-  std::string backend =
-      "auto"; // auto (nccl for CUDA, gloo for CPU), gloo, nccl
+  // auto (nccl for CUDA, gloo for CPU), gloo or nccl.
+  std::string backend = "auto";
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   int64_t bucket_mb = 25; // gradient bucket size, as DDP's bucket_cap_mb
 };
@@ -101,7 +101,7 @@ class Distributed {
   // Every rank's `tensor` stacked in rank order ([world, ...]),
   // differentiably: the gradient that reaches each rank's `tensor` is the sum
   // over the ranks of their gradients with respect to its slot (synchronous
-  // BN's statistics, whose every rank's loss depends on).
+  // BN's statistics, on which every rank's loss depends).
   torch::Tensor gather_over_ranks(const torch::Tensor& tensor);
   // Rank 0's values into every rank's `tensors`, in place.
   void broadcast(
@@ -134,7 +134,7 @@ class Distributed {
   // they name it in their own errors).
   void announce_failure(const std::string& reason) noexcept;
 
-  struct Impl;
+  struct Impl; // c10d's objects; public for distributed.cpp's helpers
 
  private:
   std::unique_ptr<Impl> impl_;
