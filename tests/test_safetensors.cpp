@@ -117,6 +117,11 @@ TEST_F(Safetensors, MalformedFilesAreRefusedWithClearErrors) {
       raw("huge", ok, 8, 1ull << 40),
       "header length 1099511627776 does not fit");
   expect_refused(raw("json", "{\"w\":", 0), "header is not valid JSON");
+  expect_refused(
+      raw("overflow",
+          R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8e560]}})",
+          8),
+      "header is not valid JSON");
   expect_refused(raw("array", "[1,2]", 0), "header must be a JSON object");
   expect_refused(
       raw("dtype",

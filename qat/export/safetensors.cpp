@@ -168,7 +168,9 @@ File File::read(const std::string& path) {
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(header);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error, and out_of_range for a number beyond double's range
+    // (found by the fuzzer: "data_offsets":[48e560]).
     fail(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!json.is_object())
