@@ -721,33 +721,29 @@ TEST(Distributed, SynchronousBnGradientsAreTheWholeBatchs) {
 // A rank that stops: on an error it announces, the other names it and its
 // reason; silently (its sockets closed), the other names it as not answering.
 TEST(Distributed, ALostRankIsNamed) {
-  std::string announced, silent;
-  on_two_ranks([&](Distributed& d) {
-    d.barrier("start");
-    if (d.rank() == 1) {
-      d.announce_failure("disk full");
-      return;
-    }
-    auto t = torch::ones({4});
-    try {
-      for (int i = 0; i < 100; ++i)
-        d.all_reduce(t, ReduceOp::sum, "step 3: averaging the loss");
-    } catch (const DistributedError& e) {
-      announced = e.what();
-    }
-  });
-  on_two_ranks([&](Distributed& d) {
-    d.barrier("start");
-    if (d.rank() == 1)
-      return;
-    auto t = torch::ones({4});
-    try {
-      for (int i = 0; i < 100; ++i)
-        d.all_reduce(t, ReduceOp::sum, "step 3: averaging the loss");
-    } catch (const DistributedError& e) {
-      silent = e.what();
-    }
-  });
+  // What rank 0 reports when rank 1 leaves after the first barrier, having
+  // announced `reason` (or nothing).
+  const auto rank0_error = [](const std::string& reason) {
+    std::string error;
+    on_two_ranks([&](Distributed& d) {
+      d.barrier("start");
+      if (d.rank() == 1) {
+        if (!reason.empty())
+          d.announce_failure(reason);
+        return;
+      }
+      auto t = torch::ones({4});
+      try {
+        for (int i = 0; i < 100; ++i)
+          d.all_reduce(t, ReduceOp::sum, "step 3: averaging the loss");
+      } catch (const DistributedError& e) {
+        error = e.what();
+      }
+    });
+    return error;
+  };
+  const auto announced = rank0_error("disk full");
+  const auto silent = rank0_error("");
   EXPECT_NE(
       announced.find("rank 0 of 2: step 3: averaging the loss failed: rank 1 "
                      "stopped with: disk full"),

@@ -286,6 +286,14 @@ Distributed::Distributed(
   const int rank = static_cast<int>(launch.rank);
   const int world = static_cast<int>(launch.world_size);
   s.group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
+  // The group's one backend, for the tensors of `device_type`.
+  const auto attach = [&](c10::DeviceType device_type,
+                          c10d::ProcessGroup::BackendType type,
+                          c10::intrusive_ptr<c10d::Backend> engine) {
+    s.group->setDefaultBackend(type);
+    s.group->setBackend(device_type, type, engine);
+    engine->setSequenceNumberForGroup();
+  };
   try {
     if (backend == "gloo") {
       auto gloo_options =
@@ -300,22 +308,20 @@ Distributed::Distributed(
               : is_loopback(launch.master_addr)
               ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
               : c10d::ProcessGroupGloo::createDefaultDevice());
-      auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          store, rank, world, gloo_options);
-      s.group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
-      s.group->setBackend(
-          c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
-      gloo->setSequenceNumberForGroup();
+      attach(
+          c10::DeviceType::CPU,
+          c10d::ProcessGroup::BackendType::GLOO,
+          c10::make_intrusive<c10d::ProcessGroupGloo>(
+              store, rank, world, gloo_options));
     } else {
 #ifdef QAT_WITH_NCCL
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = options.timeout;
-      auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          store, rank, world, nccl_options);
-      s.group->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
-      s.group->setBackend(
-          c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, nccl);
-      nccl->setSequenceNumberForGroup();
+      attach(
+          c10::DeviceType::CUDA,
+          c10d::ProcessGroup::BackendType::NCCL,
+          c10::make_intrusive<c10d::ProcessGroupNCCL>(
+              store, rank, world, nccl_options));
 #else
       throw DistributedError(
           "this build of qat has no NCCL (it needs CUDA and nccl.h at build time)");

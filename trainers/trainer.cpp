@@ -365,24 +365,34 @@ struct Job::State {
     }
   }
 
+  // Every rank's `value`, in rank order (exact for integers below 2^53).
+  std::vector<double> values_over_ranks(double value, const std::string& what) {
+    std::vector<double> values(static_cast<size_t>(dist->world_size()), 0.0);
+    values[static_cast<size_t>(dist->rank())] = value;
+    dist->all_reduce(values, ReduceOp::sum, what);
+    return values;
+  }
+
+  static bool all_equal(const std::vector<double>& values) {
+    return std::adjacent_find(
+               values.begin(), values.end(), std::not_equal_to<>()) ==
+        values.end();
+  }
+
   // Every rank's CRC-32, in rank order, as "1a2b3c4d,1a2b3c4d"; `equal` says
   // whether they all are.
   std::string digests_over_ranks(
       uLong crc,
       const std::string& what,
       bool& equal) {
-    std::vector<double> digests(static_cast<size_t>(dist->world_size()), 0.0);
-    digests[static_cast<size_t>(dist->rank())] = static_cast<double>(crc);
-    dist->all_reduce(digests, ReduceOp::sum, what);
+    const auto digests = values_over_ranks(static_cast<double>(crc), what);
     std::string text;
     for (const double d : digests) {
       char hex[16];
       std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(d));
       text += (text.empty() ? "" : ",") + std::string(hex);
     }
-    equal = std::adjacent_find(
-                digests.begin(), digests.end(), std::not_equal_to<>()) ==
-        digests.end();
+    equal = all_equal(digests);
     return text;
   }
 
@@ -673,15 +683,17 @@ struct Job::State {
             static_cast<long long>(step),
             found->final ? ", finished" : "");
       }
-      std::vector<double> low{static_cast<double>(step)}, high = low;
-      dist->all_reduce(low, ReduceOp::min, "agreeing on the checkpoint");
-      dist->all_reduce(high, ReduceOp::max, "agreeing on the checkpoint");
-      if (low[0] != high[0])
+      const auto steps = values_over_ranks(
+          static_cast<double>(step), stage + ": agreeing on the checkpoint");
+      if (!all_equal(steps)) {
+        const auto [low, high] =
+            std::minmax_element(steps.begin(), steps.end());
         throw DistributedError(
             stage + ": the ranks resume from different steps (" +
-            std::to_string(static_cast<int64_t>(low[0])) + " to " +
-            std::to_string(static_cast<int64_t>(high[0])) +
+            std::to_string(static_cast<int64_t>(*low)) + " to " +
+            std::to_string(static_cast<int64_t>(*high)) +
             "): run.dir must be one folder that every rank sees");
+      }
     }
     // Rank 0's parameters and buffers (observer state, BN statistics,
     // quantizer flags) everywhere, as DDP's constructor does.
@@ -756,8 +768,7 @@ struct Job::State {
           // backward only; the earlier ones accumulate locally.
           sync->before_backward(loss, micro == c.accumulate - 1);
           dist->guarded(
-              stage + ": step " + std::to_string(step + 1) +
-                  ": backward with the gradient all-reduce",
+              activity + ": backward with the gradient all-reduce",
               [&] { (loss / static_cast<double>(c.accumulate)).backward(); });
         }
         // The mean over the ranks, one all-reduce per step however many
@@ -765,10 +776,7 @@ struct Job::State {
         // all at the same step, before the weights change.
         std::vector<double> total{loss_sum};
         dist->all_reduce(
-            total,
-            ReduceOp::sum,
-            stage + ": step " + std::to_string(step + 1) +
-                ": averaging the loss");
+            total, ReduceOp::sum, activity + ": averaging the loss");
         const double loss_mean =
             total[0] / static_cast<double>(c.accumulate * dist->world_size());
         if (!std::isfinite(loss_mean)) {
