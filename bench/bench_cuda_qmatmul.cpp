@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     const Tensor w = torch::randn({s.n, s.k}, bf16) * 0.02;
     const Tensor g = torch::randn({s.m, s.n}, bf16);
     const Tensor amax = w.to(torch::kFloat).abs().amax(1);
-    const Tensor s8 = amax / 127.5, s_fp8 = amax / 448;
+    const Tensor s8 = amax / 127, s_fp8 = amax / 448;
     const Tensor zp_w = torch::zeros({s.n}, torch::kInt).to(torch::kCUDA);
     const Tensor w8 = qat::ops::fake_quant_affine(w, s8, zp_w, 0, 0, -128, 127);
     const Tensor w_fp8 = qat::ops::fake_quant_fp8(w, s_fp8, 0, 0, "e4m3fn");
@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
          [&] {
            step([&] {
              const Tensor sx =
-                 (xr.detach().to(torch::kFloat).abs().amax(1, true) / 127.5)
+                 (xr.detach().to(torch::kFloat).abs().amax(1, true) / 127)
                      .clamp_min(1.1920929e-7);
              const Tensor xf =
                  qat::ops::fake_quant_affine(xr, sx, zp_x, -1, s.k, -128, 127);

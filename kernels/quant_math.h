@@ -515,10 +515,11 @@ template <>
 struct MatmulCodec<MatmulFormat::int8> {
   using Code = int8_t;
   using Acc = int32_t;
-  // A dynamic scale is amax / ((qmax - qmin) / 2), at least FLT_EPSILON, as
-  // qat's symmetric observers compute it (NaN stays NaN, as in ATen's clamp).
+  // A dynamic scale is amax / 127, at least FLT_EPSILON, as qat's symmetric
+  // observers compute it by default (SymmetricScale::qmax) and as vLLM's
+  // dynamic int8 kernels do (NaN stays NaN, as in ATen's clamp).
   QAT_HOST_DEVICE static float row_scale(float amax) {
-    const float scale = amax / 127.5f;
+    const float scale = amax / 127.0f;
     return scale < 1.1920929e-7f ? 1.1920929e-7f : scale;
   }
   // fake_quant_affine with zero point 0 and [-128, 127]; NaN gets code 0 (and

@@ -129,7 +129,7 @@ at::Tensor qmatmul(
 //
 // Example:
 //   auto w = torch::randn({64, 256}, torch::kCUDA);
-//   auto s = w.abs().amax(1) / 127.5;
+//   auto s = w.abs().amax(1) / 127;
 //   auto wq = qat::ops::fake_quant_affine(w, s, zeros, 0, 0, -128, 127);
 //   auto y = qat::ops::quant_linear(x, wq, s, std::nullopt, "int8");
 at::Tensor quant_linear(

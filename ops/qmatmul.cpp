@@ -450,7 +450,7 @@ Tensor quant_linear_autograd(
 
 TORCH_LIBRARY_FRAGMENT(qat, m) {
   // A matrix [rows, cols] to codes ("int8": [-128, 127]; "e4m3fn") with one
-  // scale per row: dynamic (scale None: amax / 127.5 or amax / 448, as qat's
+  // scale per row: dynamic (scale None: amax / 127 or amax / 448, as qat's
   // symmetric observers compute it) or given (one value, or one per row).
   m.def(
       "quantize_rows(Tensor input, Tensor? scale, str format) "

@@ -87,7 +87,7 @@ QParams qparams_from_range(
   const double qmax = static_cast<double>(spec.quant_max());
   if (spec.symmetric()) {
     auto scale = torch::clamp_min(
-        torch::maximum(-min_neg, max_pos) / ((qmax - qmin) / 2), eps);
+        torch::maximum(-min_neg, max_pos) / spec.symmetric_divisor(), eps);
     const int64_t zp =
         spec.is_signed() ? 0 : (spec.quant_min() + spec.quant_max() + 1) / 2;
     return {scale.to(torch::kFloat), torch::full_like(scale, zp, torch::kInt)};

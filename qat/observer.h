@@ -11,8 +11,11 @@
 //                   fake-quant squared error, searched over a grid of clipping
 //                   ratios of the min / max range
 //
-// The range -> qparams rule is torch.ao's (MinMaxObserver._calculate_qparams):
-//   symmetric  scale = max(|min|, |max|) / ((qmax - qmin) / 2),
+// The range -> qparams rule is torch.ao's (MinMaxObserver._calculate_qparams),
+// but for the divisor of symmetric scales, which QuantSpec::symmetric_scale
+// picks (the runtimes' qmax by default, torch.ao's half range on request):
+//   symmetric  scale = max(|min|, |max|) / QuantSpec::symmetric_divisor()
+//              (127 or torch.ao's 127.5 at 8 bits),
 //              zero point 0 (signed) or (qmin + qmax + 1) / 2 (unsigned)
 //   affine     scale = (max(max, 0) - min(min, 0)) / (qmax - qmin),
 //              zero point = clamp(qmin - round(min(min, 0) / scale))

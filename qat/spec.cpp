@@ -110,6 +110,16 @@ int64_t QuantSpec::quant_max() const {
                     : (int64_t{1} << bits_) - 1;
 }
 
+double QuantSpec::symmetric_divisor() const {
+  const auto qmin = static_cast<double>(quant_min());
+  const auto qmax = static_cast<double>(quant_max());
+  if (symmetric_scale_ == SymmetricScale::half_range)
+    return (qmax - qmin) / 2;
+  // Signed: qmax; unsigned: qmax minus the zero point 2^(bits-1). Both are
+  // 2^(bits-1) - 1.
+  return static_cast<double>((int64_t{1} << (bits_ - 1)) - 1);
+}
+
 double QuantSpec::format_max() const {
   switch (format_) {
     case NumberFormat::fp8_e4m3:
@@ -157,8 +167,10 @@ std::string QuantSpec::to_string() const {
     out << "fp8_" << (format_ == NumberFormat::fp8_e4m3 ? "e4m3" : "e5m2");
   } else {
     out << (is_signed_ ? "int" : "uint") << bits_
-        << (symmetric_ ? " sym" : " affine")
-        << (narrow_range_ ? " narrow" : "");
+        << (symmetric_ ? " sym" : " affine") << (narrow_range_ ? " narrow" : "")
+        << (symmetric_ && symmetric_scale_ == SymmetricScale::half_range
+                ? "(torch.ao)"
+                : "");
   }
   out << ' ' << granularity_name(granularity_);
   if (granularity_ == Granularity::per_channel)
@@ -176,7 +188,8 @@ bool QuantSpec::operator==(const QuantSpec& o) const {
       is_signed_ == o.is_signed_ && granularity_ == o.granularity_ &&
       axis_ == o.axis_ && group_size_ == o.group_size_ &&
       symmetric_ == o.symmetric_ && narrow_range_ == o.narrow_range_ &&
-      dynamic_ == o.dynamic_ && gguf_ == o.gguf_;
+      dynamic_ == o.dynamic_ && gguf_ == o.gguf_ &&
+      symmetric_scale_ == o.symmetric_scale_;
 }
 
 } // namespace qat

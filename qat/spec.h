@@ -41,6 +41,22 @@ enum class Granularity {
 // further loss.
 enum class GgufRule { none, q8_0, q4_0 };
 
+// How a symmetric integer scale follows from the largest magnitude `amax` it
+// must hold. Only observers and dynamic scales use it; a learned or stored
+// scale is what it is.
+enum class SymmetricScale {
+  // amax / (2^(bits-1) - 1), 127 or 7: the runtimes' rule (vLLM's int8
+  // kernels, llama.cpp's Q8_0, TensorRT). The largest value lands on the
+  // largest code exactly (x * (1/scale) is within an ulp or two of it), so
+  // its code and its clamp mask do not depend on the last bit of amax.
+  qmax,
+  // amax / ((qmax - qmin) / 2), 127.5 or 7.5: torch.ao's observers
+  // (MinMaxObserver._calculate_qparams). The largest value sits on the
+  // rounding tie between the largest code and the clamp, so one ulp of amax
+  // decides whether it is clamped and whether it gets a gradient.
+  half_range,
+};
+
 struct QuantSpec {
   TORCH_ARG(NumberFormat, format) = NumberFormat::int_;
   TORCH_ARG(int, bits) = 8;
@@ -57,6 +73,8 @@ struct QuantSpec {
   // Scales computed from every input instead of from calibrated observers.
   TORCH_ARG(bool, dynamic) = false;
   TORCH_ARG(GgufRule, gguf) = GgufRule::none;
+  // Symmetric integer formats: the scale rule of observers and dynamic scales.
+  TORCH_ARG(SymmetricScale, symmetric_scale) = SymmetricScale::qmax;
 
  public:
   // The whole spec of a GGUF block format: int8 (Q8_0) or int4 (Q4_0)
@@ -72,6 +90,9 @@ struct QuantSpec {
   }
   int64_t quant_min() const;
   int64_t quant_max() const;
+  // Symmetric integer formats: the code distance from the zero point that
+  // amax maps to under symmetric_scale (127 or 127.5 for 8 bits).
+  double symmetric_divisor() const;
   // Largest finite magnitude of the format in code units (qmax for integers,
   // 448/57344 for FP8).
   double format_max() const;

@@ -392,7 +392,7 @@ TYPED_TEST(KernelTest, LsqBackwardFastMatchesReferenceBitForBit) {
 
 // The simulated matmuls' row codes are the fake-quant kernels' codes: code *
 // row scale is the fake-quantized value bit for bit, the masks are the same,
-// and a dynamic row's scale is amax / 127.5 (int8) or amax / 448 (e4m3fn), at
+// and a dynamic row's scale is amax / 127 (int8) or amax / 448 (e4m3fn), at
 // least FLT_EPSILON.
 TYPED_TEST(KernelTest, RowCodesAreTheFakeQuantCodes) {
   using T = TypeParam;
@@ -437,7 +437,7 @@ TYPED_TEST(KernelTest, RowCodesAreTheFakeQuantCodes) {
           continue;
         }
         const float expected =
-            std::max(amax / 127.5f, std::numeric_limits<float>::epsilon());
+            std::max(amax / 127.0f, std::numeric_limits<float>::epsilon());
         ASSERT_EQ(bits_of(scale[r]), bits_of(expected)) << "row " << r;
       }
       for (size_t i = 0; i < x.size(); ++i) {

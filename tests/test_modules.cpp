@@ -24,11 +24,11 @@ namespace {
 using testing::bitwise_equal;
 
 // ATen's per-channel fake-quant of the rows of x (int8, symmetric, zero point
-// 0) with torch.ao's symmetric scale max|row| / 127.5: the independent
+// 0) with the runtimes' symmetric scale max|row| / 127: the independent
 // reference for per-channel weights and per-token activations.
 torch::Tensor aten_int8_rows(const torch::Tensor& x) {
   const auto rows = x.reshape({-1, x.size(-1)});
-  const auto scale = (rows.abs().amax(1) / 127.5)
+  const auto scale = (rows.abs().amax(1) / 127)
                          .clamp_min(std::numeric_limits<float>::epsilon());
   return at::fake_quantize_per_channel_affine(
              rows,
@@ -100,8 +100,8 @@ TEST(QuantModules, ActivationQuantizesItsOutput) {
   QuantActivation act(ActivationKind::relu, specs);
   const auto x = torch::randn({200});
   const auto relu = torch::relu(x);
-  // uint8 symmetric: zero point 128, scale max|x| / 127.5.
-  const float scale = relu.abs().max().item<float>() / 127.5f;
+  // uint8 symmetric: zero point 128, scale max|x| / 127.
+  const float scale = relu.abs().max().item<float>() / 127.0f;
   EXPECT_TRUE(bitwise_equal(
       act(x), at::fake_quantize_per_tensor_affine(relu, scale, 128, 0, 255)));
   EXPECT_THROW(

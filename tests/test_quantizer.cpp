@@ -82,14 +82,28 @@ TEST(Observer, MinMaxQParamsByHand) {
   EXPECT_FLOAT_EQ(a.scale.item<float>(), 4.0f / 255.0f);
   EXPECT_EQ(a.zero_point.item<int>(), -64);
 
+  // Symmetric: the runtimes' amax / 127 by default, torch.ao's amax / 127.5
+  // (and amax / 7 against 7.5 at 4 bits) on request.
   Observer symmetric{QuantSpec()};
   symmetric->observe(x);
-  EXPECT_FLOAT_EQ(symmetric->qparams().scale.item<float>(), 3.0f / 127.5f);
+  EXPECT_EQ(symmetric->qparams().scale.item<float>(), 3.0f / 127.0f);
   EXPECT_EQ(symmetric->qparams().zero_point.item<int>(), 0);
+  Observer torch_ao{QuantSpec().symmetric_scale(SymmetricScale::half_range)};
+  torch_ao->observe(x);
+  EXPECT_EQ(torch_ao->qparams().scale.item<float>(), 3.0f / 127.5f);
+  Observer int4{QuantSpec().bits(4)};
+  int4->observe(x);
+  EXPECT_EQ(int4->qparams().scale.item<float>(), 3.0f / 7.0f);
+  Observer int4_torch_ao{
+      QuantSpec().bits(4).symmetric_scale(SymmetricScale::half_range)};
+  int4_torch_ao->observe(x);
+  EXPECT_EQ(int4_torch_ao->qparams().scale.item<float>(), 3.0f / 7.5f);
 
+  // Unsigned symmetric: zero point 128, amax at 128 + 127 (torch.ao: 127.5).
   Observer unsigned_sym(QuantSpec().is_signed(false));
   unsigned_sym->observe(x);
   EXPECT_EQ(unsigned_sym->qparams().zero_point.item<int>(), 128);
+  EXPECT_EQ(unsigned_sym->qparams().scale.item<float>(), 3.0f / 127.0f);
 
   Observer fp8(QuantSpec().format(NumberFormat::fp8_e4m3));
   fp8->observe(x);
@@ -101,21 +115,66 @@ TEST(Observer, MinMaxQParamsByHand) {
   EXPECT_FLOAT_EQ(affine->max_val().item<float>(), 3.0f);
 }
 
+// Why qmax is the default: with it, each row's largest value fake-quantizes
+// to the largest code and stays in range whatever the last bits of amax;
+// with torch.ao's half range it sits on the rounding tie between qmax and the
+// clamp, and neighbouring floats amax, nextafter(amax) fall on either side.
+// Two data-parallel ranks whose weights differ by an ulp then disagree on
+// whether the row's largest weight gets a gradient (docs/DISTRIBUTED.md).
+TEST(Observer, RuntimeScaleKeepsEachRowsLargestValueOffTheClampTie) {
+  torch::manual_seed(3);
+  const int64_t rows = 4096;
+  // Pairs of rows whose largest values are neighbouring floats.
+  const auto amax = torch::rand({rows / 2}) * 4 + 0.01;
+  const auto next = torch::nextafter(amax, torch::full_like(amax, 10.0f));
+  auto w = torch::rand({rows, 16}) * 2 - 1;
+  w.select(1, 0).copy_(torch::stack({amax, next}, 1).reshape({rows}));
+  w.narrow(1, 1, 15).mul_(w.select(1, 0).unsqueeze(1) * 0.99);
+  for (const int bits : {8, 4}) {
+    for (const auto rule : {SymmetricScale::qmax, SymmetricScale::half_range}) {
+      const auto spec = QuantSpec()
+                            .bits(bits)
+                            .granularity(Granularity::per_channel)
+                            .axis(0)
+                            .symmetric_scale(rule);
+      Observer observer(spec);
+      observer->observe(w);
+      const QParams q = observer->qparams();
+      const auto [y, mask] = ops::fake_quant_affine_cachemask(
+          w, q.scale, q.zero_point, 0, 0, spec.quant_min(), spec.quant_max());
+      const auto largest_in_range = mask.select(1, 0).to(torch::kBool);
+      const auto pairs = largest_in_range.reshape({rows / 2, 2});
+      const int64_t disagree =
+          (pairs.select(1, 0) != pairs.select(1, 1)).sum().item<int64_t>();
+      if (rule == SymmetricScale::qmax) {
+        EXPECT_TRUE(largest_in_range.all().item<bool>()) << bits << " bits";
+        EXPECT_TRUE(torch::equal(
+            y.select(1, 0), q.scale * static_cast<double>(spec.quant_max())))
+            << bits << " bits";
+        EXPECT_EQ(disagree, 0) << bits << " bits";
+      } else {
+        // A sizeable share of neighbouring pairs straddles the tie (about a
+        // third at 8 bits here); the exact share depends on the amax drawn.
+        EXPECT_GT(disagree, rows / 20) << bits << " bits";
+      }
+    }
+  }
+}
+
 TEST(Observer, PerChannelGroupAndTokenShapes) {
   const auto w =
       torch::tensor({{1.0f, -2.0f, 0.5f, 4.0f}, {-0.25f, 0.25f, 8.0f, -1.0f}});
   Observer channel(QuantSpec().granularity(Granularity::per_channel).axis(1));
   channel->observe(w);
   EXPECT_TRUE(torch::allclose(
-      channel->qparams().scale,
-      torch::tensor({1.0f, 2.0f, 8.0f, 4.0f}) / 127.5));
+      channel->qparams().scale, torch::tensor({1.0f, 2.0f, 8.0f, 4.0f}) / 127));
 
   Observer group(
       QuantSpec().granularity(Granularity::per_group).axis(-1).group_size(2));
   group->observe(w);
   EXPECT_TRUE(torch::allclose(
       group->qparams().scale,
-      torch::tensor({{2.0f, 4.0f}, {0.25f, 8.0f}}) / 127.5));
+      torch::tensor({{2.0f, 4.0f}, {0.25f, 8.0f}}) / 127));
 
   Observer group_axis0(
       QuantSpec().granularity(Granularity::per_group).axis(0).group_size(2));
@@ -123,7 +182,7 @@ TEST(Observer, PerChannelGroupAndTokenShapes) {
   EXPECT_EQ(group_axis0->qparams().scale.sizes(), (std::vector<int64_t>{1, 4}));
   EXPECT_TRUE(torch::allclose(
       group_axis0->qparams().scale,
-      torch::tensor({{1.0f, 2.0f, 8.0f, 4.0f}}) / 127.5));
+      torch::tensor({{1.0f, 2.0f, 8.0f, 4.0f}}) / 127));
 }
 
 TEST(Observer, MovingAverageByHand) {
@@ -168,7 +227,7 @@ TEST(Observer, MseMatchesBruteForceSearch) {
     for (int k = 0; k <= 20; ++k) {
       const double ratio = 1.0 - 0.8 * k / 20.0;
       const double scale =
-          std::max(std::max(-lo, hi) * ratio / 7.5, 1.1920929e-07);
+          std::max(std::max(-lo, hi) * ratio / 7, 1.1920929e-07);
       const auto q = torch::clamp(torch::round(x / scale), -8, 7) * scale;
       const double err = (q - x).square().sum().item<double>();
       if (err < best_err)
@@ -362,7 +421,7 @@ TEST(FakeQuantizer, DynamicPerTokenQuantizesEachRowWithItsOwnScale) {
       QuantSpec().granularity(Granularity::per_token).dynamic(true)));
   const auto x = torch::randn({3, 5, 16}) *
       torch::tensor({1.0f, 10.0f, 100.0f}).view({3, 1, 1});
-  const auto scale = x.abs().amax(-1, true) / 127.5;
+  const auto scale = x.abs().amax(-1, true) / 127;
   const auto expected = ops::fake_quant_affine(
       x, scale, torch::zeros_like(scale, torch::kInt), -1, 16, -128, 127);
   EXPECT_TRUE(bitwise_equal(fq(x), expected));

@@ -13,9 +13,9 @@ namespace {
 // The qat::quant_linear format that computes exactly this layer's fake-quant
 // forward and straight-through backward on the GPU's int8 or FP8 tensor
 // cores, or nullptr where the layer takes the fake-quant path. That needs the
-// input quantized per token, dynamic, as int8 [-128, 127] or e4m3 (what
-// quant_linear does to it), and the weight quantizer's output on a grid
-// quant_linear recovers exactly: the same family (signed symmetric integers of
+// input quantized per token, dynamic, as int8 [-128, 127] with scales amax /
+// 127 or as e4m3 (what quant_linear does to it), and the weight quantizer's
+// output on a grid quant_linear recovers exactly: the same family (signed symmetric integers of
 // 8 bits or fewer, or e4m3), static scales per output channel or per tensor
 // that are the quantizer's scale() (ste or lsq), both quantizers on, and no
 // converted weight.
@@ -48,6 +48,7 @@ const char* quant_linear_format(
   if (w.format() == NumberFormat::int_ && w.is_signed() && w.symmetric() &&
       w.bits() <= 8 && x.format() == NumberFormat::int_ && x.is_signed() &&
       x.symmetric() && x.bits() == 8 && !x.narrow_range() &&
+      x.symmetric_scale() == SymmetricScale::qmax &&
       x.gguf() == GgufRule::none) {
     format = "int8";
   } else if (
