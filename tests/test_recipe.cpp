@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "tests/test_helpers.h"
@@ -91,7 +92,11 @@ TEST_F(RecipeTest, OverridesAreTypedAndCanPickAddAndDelete) {
       r.get<std::vector<int64_t>>("model.widths"),
       (std::vector<int64_t>{8, 8}));
   EXPECT_EQ(r.get<std::string>("run_dir"), "/scratch/mlp");
-  EXPECT_EQ(r.origin("trainer.steps"), "override 'trainer.steps=300'");
+  EXPECT_EQ(
+      r.origin("trainer.steps"),
+      path("main.yaml") + ": override 'trainer.steps=300'");
+  // A key set nowhere is the recipe file's.
+  EXPECT_EQ(r.origin("no.such.key"), path("main.yaml"));
 }
 
 TEST_F(RecipeTest, PackagedGroupsFillOtherKeysAndListItemsHaveOrigins) {
@@ -115,29 +120,35 @@ TEST_F(RecipeTest, PackagedGroupsFillOtherKeysAndListItemsHaveOrigins) {
   EXPECT_EQ(r.origin("zoo.small.name"), path("model/mlp.yaml") + ":1:7");
   EXPECT_EQ(
       error_of("packaged.yaml", {"model@zoo.huge=cnn"}),
-      "override 'model@zoo.huge=cnn': 'model@zoo.huge' is neither a key nor a "
-      "config group of the recipe's defaults");
+      path("packaged.yaml") +
+          ": override 'model@zoo.huge=cnn': 'model@zoo.huge' is neither a key nor a "
+          "config group of the recipe's defaults");
 }
 
 TEST_F(RecipeTest, BadOverridesNameTheOverride) {
   EXPECT_EQ(
       error_of("main.yaml", {"trainer.step=5"}),
-      "override 'trainer.step=5': no key 'trainer.step' (did you mean "
-      "'trainer.steps'?); add one with +trainer.step=5");
+      path("main.yaml") +
+          ": override 'trainer.step=5': no key 'trainer.step' (did you mean "
+          "'trainer.steps'?); add one with +trainer.step=5");
   EXPECT_EQ(
       error_of("main.yaml", {"trainer.steps=fast"}),
-      "override 'trainer.steps=fast': 'trainer.steps' is an int (set at " +
+      path("main.yaml") +
+          ": override 'trainer.steps=fast': 'trainer.steps' is an int (set at " +
           path("trainer/short.yaml") + ":1:8), but 'fast' is a string");
   EXPECT_EQ(
       error_of("main.yaml", {"+trainer.lr=3"}),
-      "override '+trainer.lr=3': key 'trainer.lr' exists; set it with "
-      "trainer.lr=...");
+      path("main.yaml") +
+          ": override '+trainer.lr=3': key 'trainer.lr' exists; set it with "
+          "trainer.lr=...");
   EXPECT_EQ(
       error_of("main.yaml", {"~trainer.nothing"}),
-      "override '~trainer.nothing': no key 'trainer.nothing' to delete");
+      path("main.yaml") +
+          ": override '~trainer.nothing': no key 'trainer.nothing' to delete");
   EXPECT_EQ(
       error_of("main.yaml", {"trainer.lr"}),
-      "override 'trainer.lr': expected key=value, +key=value or ~key");
+      path("main.yaml") +
+          ": override 'trainer.lr': expected key=value, +key=value or ~key");
   const auto missing_option = error_of("main.yaml", {"model=vit"});
   EXPECT_NE(
       missing_option.find(
@@ -198,10 +209,103 @@ TEST_F(RecipeTest, TheSchemaRefusesUnknownKeysAndWrongTypes) {
   } catch (const RecipeError& e) {
     EXPECT_EQ(
         std::string(e.what()),
-        "override '+trainer.seed=four': trainer.seed: expected an int, got "
-        "string 'four'");
+        path("main.yaml") +
+            ": override '+trainer.seed=four': trainer.seed: expected an int, "
+            "got string 'four'");
   }
   EXPECT_EQ(closest("optimiser", {"optimizer", "steps"}), "optimizer");
+  EXPECT_EQ(closest("zzz", {"optimizer", "steps"}), "");
+}
+
+// Ranges in the schema: every bound and bracket, list items one by one, NaN
+// refused, and a malformed range named by its schema line.
+TEST_F(RecipeTest, TheSchemaRefusesNumbersOutOfTheirRange) {
+  write(
+      "schema.yaml",
+      "model:\n"
+      "  name: string\n"
+      "  widths: list of int in [1, 64]\n"
+      "trainer:\n"
+      "  steps: int >= 1\n"
+      "  lr: float in (0, 1]\n"
+      "  warmup: int < 1000\n"
+      "  optimizer: string\n"
+      "  clip: bool\n"
+      "  seed: int > -1\n"
+      "run_dir: string\n");
+  const auto schema = Recipe::load_schema(path("schema.yaml"));
+  const auto error = [&](const std::vector<std::string>& overrides) {
+    return testing::error_message<RecipeError>(
+        [&] { Recipe::load(path("main.yaml"), overrides).check(schema); });
+  };
+  EXPECT_EQ(error({"trainer.lr=0.5", "model.widths=[8,8]"}), "(no error)");
+  EXPECT_EQ(
+      error({"trainer.lr=1", "trainer.steps=1", "+trainer.seed=0"}),
+      "(no error)");
+  const auto override_of = [&](const std::string& o) {
+    return path("main.yaml") + ": override '" + o + "': ";
+  };
+  EXPECT_EQ(
+      error({"trainer.steps=0"}),
+      override_of("trainer.steps=0") + "trainer.steps: must be >= 1, got 0");
+  EXPECT_EQ(
+      error({"trainer.lr=0"}),
+      override_of("trainer.lr=0") + "trainer.lr: must be in (0, 1], got 0");
+  EXPECT_EQ(
+      error({"trainer.lr=1.5"}),
+      override_of("trainer.lr=1.5") + "trainer.lr: must be in (0, 1], got 1.5");
+  EXPECT_EQ(
+      error({"trainer.lr=.nan"}),
+      override_of("trainer.lr=.nan") +
+          "trainer.lr: must be in (0, 1], got .nan");
+  EXPECT_EQ(
+      error({"+trainer.seed=-1"}),
+      override_of("+trainer.seed=-1") + "trainer.seed: must be > -1, got -1");
+  // The recipe's own value, by its line (warmup is ${trainer.steps})...
+  EXPECT_EQ(
+      error({"trainer.steps=1000"}),
+      path("main.yaml") + ":6:11: trainer.warmup: must be < 1000, got 1000");
+  // ...and list items by index.
+  EXPECT_EQ(
+      error({"model.widths=[8,0,8]"}),
+      override_of("model.widths=[8,0,8]") +
+          "model.widths.1: must be in [1, 64], got 0");
+  EXPECT_EQ(
+      error({"model.widths.1=65"}),
+      override_of("model.widths.1=65") +
+          "model.widths.1: must be in [1, 64], got 65");
+  std::ifstream good(path("schema.yaml"));
+  std::string text((std::istreambuf_iterator<char>(good)), {});
+  text.replace(text.find("int >= 1"), 8, "int => 1");
+  write("bad_schema.yaml", text);
+  const auto bad = Recipe::load_schema(path("bad_schema.yaml"));
+  EXPECT_NE(
+      testing::error_message<RecipeError>([&] {
+        Recipe::load(path("main.yaml")).check(bad);
+      }).find("schema line 5, trainer.steps: 'int => 1'"),
+      std::string::npos);
+}
+
+// Hydra refuses a config group twice at one package; so does qat, at the
+// second entry's line.
+TEST_F(RecipeTest, DefaultsNamingAGroupTwiceAreRefused) {
+  write(
+      "twice.yaml",
+      "defaults:\n  - model: cnn\n  - trainer: short\n  - model: mlp\n");
+  const auto message = error_of("twice.yaml");
+  EXPECT_NE(
+      message.find(
+          path("twice.yaml") +
+          ":4:5: defaults name config group 'model' a second time for "
+          "'model' (first at " +
+          path("twice.yaml") + ":2:5)"),
+      std::string::npos)
+      << message;
+  // At another package it is another key: allowed.
+  write("packages.yaml", "defaults:\n  - model: cnn\n  - model@other: mlp\n");
+  EXPECT_EQ(
+      Recipe::load(path("packages.yaml")).get<std::string>("other.name"),
+      "mlp");
   EXPECT_EQ(closest("zzz", {"optimizer", "steps"}), "");
 }
 

@@ -119,7 +119,7 @@ TEST_F(QuantSchemeTest, ErrorsNameFileLineAndKey) {
                 "    rules:\n      - match: fc\n        weight: {bits: 12}\n")),
             "quant.s");
       },
-      file + ":5:17: quant.s.rules.0.weight: "));
+      file + ":5:24: quant.s.rules.0.weight.bits: must be in [2, 8], got 12"));
   EXPECT_EQ(
       error_of("    rules: []\n"),
       file + ":3:12: quant.s.rules: a scheme needs at least one rule");

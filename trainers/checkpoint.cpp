@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "qat/export/safetensors.h"
+#include "trainers/error_text.h"
 
 namespace qat::train {
 namespace fs = std::filesystem;
@@ -181,7 +182,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   try {
     file = safetensors::File::read(path);
   } catch (const std::exception& e) {
-    throw fail(e.what());
+    throw fail(error_text(e));
   }
   const auto& metadata = file.metadata();
   for (const char* key : {"qat.checkpoint", "qat.step", "qat.crc32"}) {

@@ -18,6 +18,8 @@
 #include <mutex>
 #include <thread>
 
+#include "trainers/error_text.h"
+
 namespace qat::train {
 namespace {
 
@@ -273,7 +275,8 @@ Distributed::Distributed(
   } catch (const std::exception& e) {
     throw DistributedError(
         "rendezvous at " + where + " failed within " +
-        std::to_string(options.timeout.count() / 1000) + " s: " + e.what());
+        std::to_string(options.timeout.count() / 1000) +
+        " s: " + error_text(e));
   }
   // The key namespaces torch.distributed uses: one per torchrun restart
   // (the agent's store outlives the workers it restarts), then the default
@@ -332,7 +335,7 @@ Distributed::Distributed(
   } catch (const std::exception& e) {
     throw DistributedError(
         "creating the " + backend + " process group at " + where +
-        " failed: " + e.what());
+        " failed: " + error_text(e));
   }
   s.backend = backend;
 }
@@ -523,9 +526,9 @@ void Distributed::fail(const std::string& during, const std::exception& e) {
   const auto& s = *impl_;
   const std::string head = "rank " + std::to_string(rank()) + " of " +
       std::to_string(world_size()) + ": " + during + " failed: ";
-  const std::string cause = std::string(" [c10d: ") + e.what() + "]";
+  const std::string cause = " [c10d: " + error_text(e) + "]";
   if (!s.status)
-    throw DistributedError(head + e.what());
+    throw DistributedError(head + error_text(e));
   // Ask the others. Each rank that sees the failure says so; one that
   // stopped on an error of its own has left the reason; one that says
   // nothing within kPostMortem is dead or hung. The questions run on a
@@ -601,7 +604,7 @@ void Distributed::fail(const std::string& during, const std::exception& e) {
   findings.insert(
       findings.end(), answers->stopped.begin(), answers->stopped.end());
   if (findings.empty())
-    throw DistributedError(head + e.what());
+    throw DistributedError(head + error_text(e));
   std::string message = head;
   for (size_t i = 0; i < findings.size(); ++i)
     message += (i ? "; " : "") + findings[i];

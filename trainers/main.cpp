@@ -1,6 +1,6 @@
 // The `qat` command: runs recipes.
 //
-//   qat train RECIPE [KEY=VALUE ...] [--resume] [--print-config]
+//   qat train RECIPE [KEY=VALUE ...] [--resume] [--print-config] [--check]
 //   qat calibrate RECIPE [KEY=VALUE ...]      float model + PTQ + the table
 //   qat eval RECIPE --checkpoint FILE [--scheme NAME] [KEY=VALUE ...]
 //   qat export RECIPE --checkpoint FILE --scheme NAME --out FILE
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "trainers/distributed.h"
+#include "trainers/error_text.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -35,6 +36,7 @@ struct Command {
   std::string recipe;
   std::vector<std::string> overrides;
   bool print_config = false;
+  bool check = false;
   bool resume = false;
   std::string halt_at;
   std::string checkpoint, scheme, out, format = "native";
@@ -88,6 +90,11 @@ int main(int argc, char** argv) {
   add_recipe_arguments(train, c);
   train->add_flag(
       "--resume", c.resume, "continue from the newest checkpoint in run.dir");
+  train->add_flag(
+      "--check",
+      c.check,
+      "check the recipe, its data, model and schemes, then exit without "
+      "training");
   train
       ->add_option(
           "--halt-at",
@@ -185,7 +192,9 @@ int main(int argc, char** argv) {
       options.halt_step = std::stoll(c.halt_at.substr(colon + 1));
     }
     qat::train::Job job(recipe, options);
-    if (train->parsed()) {
+    if (train->parsed() && c.check) {
+      std::printf("%sok\n", job.check().c_str());
+    } else if (train->parsed()) {
       job.run();
     } else if (calibrate->parsed()) {
       job.run({"float", "ptq", "eval"});
@@ -200,7 +209,7 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     // A collective's error names its rank already ("rank 1 of 8: ...").
-    const std::string message = e.what();
+    const std::string message = qat::train::error_text(e);
     std::fprintf(
         stderr,
         "error: %s%s\n",

@@ -61,6 +61,7 @@ FakeQuantizerOptions quantizer(
        "signed",
        "symmetric",
        "narrow_range",
+       "symmetric_scale",
        "granularity",
        "axis",
        "group_size",
@@ -90,14 +91,26 @@ FakeQuantizerOptions quantizer(
     if (spec.is_fp8())
       spec.bits(8);
   }
-  if (has("bits"))
-    spec.bits(recipe.get<int>(at("bits")));
+  if (has("bits")) {
+    const auto bits = recipe.get<int64_t>(at("bits"));
+    if (bits < 2 || bits > 8)
+      recipe.fail_at(
+          at("bits"), "must be in [2, 8], got " + std::to_string(bits));
+    spec.bits(static_cast<int>(bits));
+  }
   if (has("signed"))
     spec.is_signed(recipe.get<bool>(at("signed")));
   if (has("symmetric"))
     spec.symmetric(recipe.get<bool>(at("symmetric")));
   if (has("narrow_range"))
     spec.narrow_range(recipe.get<bool>(at("narrow_range")));
+  if (has("symmetric_scale")) {
+    spec.symmetric_scale(parse_name<SymmetricScale, 2>(
+        recipe,
+        at("symmetric_scale"),
+        {{{"qmax", SymmetricScale::qmax},
+          {"half_range", SymmetricScale::half_range}}}));
+  }
   if (has("granularity")) {
     spec.granularity(parse_name<Granularity, 4>(
         recipe,
@@ -107,8 +120,13 @@ FakeQuantizerOptions quantizer(
           {"per_group", Granularity::per_group},
           {"per_token", Granularity::per_token}}}));
   }
-  if (has("axis"))
-    spec.axis(recipe.get<int64_t>(at("axis")));
+  if (has("axis")) {
+    const auto axis = recipe.get<int64_t>(at("axis"));
+    if (axis < -8 || axis > 7) // no layer of qat's has more dimensions
+      recipe.fail_at(
+          at("axis"), "must be in [-8, 7], got " + std::to_string(axis));
+    spec.axis(axis);
+  }
   if (has("group_size"))
     spec.group_size(recipe.get<int64_t>(at("group_size")));
   if (has("dynamic"))
@@ -130,12 +148,30 @@ FakeQuantizerOptions quantizer(
           {"percentile", ObserverKind::percentile},
           {"mse", ObserverKind::mse}}}));
   }
+  // The numbers' ranges, checked here with their key (the observer and the
+  // estimator check them again, without knowing the recipe).
+  const auto in_range = [&](const char* k,
+                            double lo,
+                            double hi,
+                            bool lo_open,
+                            const char* range) {
+    const double v = recipe.get<double>(at(k));
+    if (!((lo_open ? v > lo : v >= lo) && v <= hi))
+      recipe.fail_at(
+          at(k),
+          std::string("must be ") + range + ", got " +
+              recipe.get<std::string>(at(k)));
+    return v;
+  };
   if (has("averaging_constant"))
-    observer.averaging_constant(recipe.get<double>(at("averaging_constant")));
+    observer.averaging_constant(
+        in_range("averaging_constant", 0, 1, true, "in (0, 1]"));
   if (has("percentile"))
-    observer.percentile(recipe.get<double>(at("percentile")));
-  if (has("mse_steps"))
+    observer.percentile(in_range("percentile", 50, 100, true, "in (50, 100]"));
+  if (has("mse_steps")) {
+    in_range("mse_steps", 1, 10000, false, "in [1, 10000]");
     observer.mse_steps(recipe.get<int64_t>(at("mse_steps")));
+  }
   options.observer(observer);
   if (has("estimator")) {
     options.estimator(parse_name<Estimator, 4>(
@@ -147,7 +183,7 @@ FakeQuantizerOptions quantizer(
           {"pact", Estimator::pact}}}));
   }
   if (has("pact_alpha"))
-    options.pact_alpha(recipe.get<double>(at("pact_alpha")));
+    options.pact_alpha(in_range("pact_alpha", 0, 1e30, true, "in (0, 1e30]"));
   return options;
 }
 

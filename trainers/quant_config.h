@@ -13,7 +13,9 @@
 //           skip: true               # stays in high precision
 //
 // A quantizer takes: format (int, fp8_e4m3, fp8_e5m2), gguf (q8_0, q4_0),
-// bits, signed, symmetric, narrow_range, granularity (per_tensor,
+// bits, signed, symmetric, narrow_range, symmetric_scale (qmax: amax / 127,
+// the runtimes' rule and the default; half_range: torch.ao's amax / 127.5),
+// granularity (per_tensor,
 // per_channel, per_group, per_token), axis, group_size, dynamic, observer
 // (min_max, moving_average, percentile, mse), averaging_constant, percentile,
 // mse_steps, estimator (ste, lsq, lsq_plus, pact), pact_alpha; `none`

@@ -1,6 +1,7 @@
 #include "trainers/recipe.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -88,6 +89,82 @@ bool fits(const YAML::Node& n, const std::string& type) {
   return k == type;
 }
 
+// A schema leaf: "TYPE", "TYPE RANGE" or "list of TYPE [RANGE]", where RANGE
+// is ">= a", "> a", "<= b", "< b" or "in [a, b]" (a round bracket for an open
+// end): "int >= 1", "float in (0, 1]", "list of int in [1, 65536]".
+struct Leaf {
+  std::string type;      // int, float, bool, string, list, map, any
+  std::string item_type; // "list of T": T, else empty
+  double lo = -INFINITY, hi = INFINITY;
+  bool lo_open = false, hi_open = false;
+  std::string range; // as written, for messages ("" when unbounded)
+
+  bool bounded() const {
+    return !range.empty();
+  }
+  bool contains(double v) const {
+    return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  }
+};
+
+Leaf parse_leaf(const YAML::Node& rule, const std::string& schema_key) {
+  const std::string text = rule.Scalar();
+  const auto bad = [&](const std::string& why) -> RecipeError {
+    return RecipeError(
+        "schema line " + std::to_string(rule.Mark().line + 1) + ", " +
+        schema_key + ": '" + text + "': " + why);
+  };
+  std::istringstream in(text);
+  Leaf leaf;
+  in >> leaf.type;
+  std::string word;
+  if (leaf.type == "list" && in >> word) {
+    if (word != "of" || !(in >> leaf.item_type))
+      throw bad("expected 'list of TYPE'");
+  }
+  std::string rest;
+  std::getline(in, rest);
+  rest.erase(0, rest.find_first_not_of(' '));
+  if (rest.empty())
+    return leaf;
+  leaf.range = rest;
+  const auto number = [&](const std::string& s) {
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || end == s.c_str() ||
+        std::string(end).find_first_not_of(' ') != std::string::npos)
+      throw bad("expected a number, got '" + s + "'");
+    return v;
+  };
+  if (rest.rfind("in ", 0) == 0) {
+    const std::string interval = rest.substr(3);
+    const auto comma = interval.find(',');
+    if (interval.size() < 5 || comma == std::string::npos ||
+        (interval.front() != '[' && interval.front() != '(') ||
+        (interval.back() != ']' && interval.back() != ')'))
+      throw bad("expected 'in [a, b]'");
+    leaf.lo = number(interval.substr(1, comma - 1));
+    leaf.hi = number(interval.substr(comma + 1, interval.size() - comma - 2));
+    leaf.lo_open = interval.front() == '(';
+    leaf.hi_open = interval.back() == ')';
+  } else {
+    const auto space = rest.find(' ');
+    const std::string op = rest.substr(0, space);
+    const double v =
+        number(space == std::string::npos ? "" : rest.substr(space + 1));
+    if (op == ">=" || op == ">") {
+      leaf.lo = v;
+      leaf.lo_open = op == ">";
+    } else if (op == "<=" || op == "<") {
+      leaf.hi = v;
+      leaf.hi_open = op == "<";
+    } else {
+      throw bad("expected >=, >, <=, < or in [a, b]");
+    }
+  }
+  return leaf;
+}
+
 std::vector<std::string> map_keys(const YAML::Node& map) {
   std::vector<std::string> keys;
   if (map.IsMap()) {
@@ -144,8 +221,13 @@ class Composer {
           at(file, defaults.Mark()) +
           ": defaults must be a list of `group: option` entries");
     }
+    std::map<std::string, std::string> packages_seen; // package -> place
     for (const auto& item : defaults) {
       if (item.IsScalar() && item.Scalar() == "_self_") {
+        if (self_merged) {
+          throw RecipeError(
+              at(file, item.Mark()) + ": _self_ appears twice in defaults");
+        }
         merge_self();
         continue;
       }
@@ -164,6 +246,18 @@ class Composer {
       std::string package =
           at_sign == std::string::npos ? group : entry.substr(at_sign + 1);
       std::replace(package.begin(), package.end(), '/', '.');
+      // Hydra refuses a group twice at one package: the second would silently
+      // replace the first.
+      const auto [seen, fresh] =
+          packages_seen.emplace(join(prefix, package), at(file, item.Mark()));
+      if (!fresh) {
+        throw RecipeError(
+            at(file, item.Mark()) + ": defaults name config group '" + group +
+            "' a second time for '" + seen->first + "' (first at " +
+            seen->second +
+            "); keep one entry, or place the other elsewhere with " + group +
+            "@<key>: <option>");
+      }
       std::string option = item.begin()->second.Scalar();
       if (prefix.empty() && choices_.count(entry)) {
         option = choices_.at(entry);
@@ -193,11 +287,11 @@ class Composer {
     return result;
   }
 
-  void check_choices_used() const {
+  void check_choices_used(const std::string& file) const {
     for (const auto& [group, option] : choices_) {
       if (!used_choices_.count(group)) {
         throw RecipeError(
-            "override '" + group + "=" + option + "': '" + group +
+            file + ": override '" + group + "=" + option + "': '" + group +
             "' is neither a key nor a config group of the recipe's defaults");
       }
     }
@@ -262,6 +356,38 @@ class Composer {
   std::map<std::string, std::string>& origins_;
 };
 
+// `value` at `key` against its schema leaf; errors through recipe.fail_at.
+void check_leaf(
+    const Recipe& recipe,
+    const YAML::Node& value,
+    const Leaf& leaf,
+    const std::string& key) {
+  const auto article = [](const std::string& type) {
+    return std::string(type == "int" || type == "any" ? "an " : "a ") + type;
+  };
+  if (!fits(value, leaf.type)) {
+    recipe.fail_at(
+        key,
+        "expected " + article(leaf.type) + ", got " + kind(value) +
+            (value.IsScalar() ? " '" + value.Scalar() + "'" : ""));
+  }
+  if (!leaf.item_type.empty()) {
+    Leaf item = leaf;
+    item.type = item.item_type;
+    item.item_type.clear();
+    for (size_t i = 0; i < value.size(); ++i)
+      check_leaf(recipe, value[i], item, join(key, std::to_string(i)));
+    return;
+  }
+  if (!leaf.bounded())
+    return;
+  // fits() has made sure the scalar reads as a number. NaN is never in range.
+  const double v = value.as<double>();
+  if (!leaf.contains(v)) {
+    recipe.fail_at(key, "must be " + leaf.range + ", got " + value.Scalar());
+  }
+}
+
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j)
@@ -310,6 +436,7 @@ Recipe Recipe::load(
     const std::string& path,
     const std::vector<std::string>& overrides) {
   Recipe recipe;
+  recipe.file_ = path;
   const fs::path root = fs::path(path).parent_path();
   // Group choices (`model=resnet`) change the defaults before composition.
   std::map<std::string, std::string> choices;
@@ -329,7 +456,7 @@ Recipe Recipe::load(
   }
   Composer composer(root, choices, recipe.origins_);
   recipe.root_ = composer.compose(path, "");
-  composer.check_choices_used();
+  composer.check_choices_used(path);
   for (const auto& o : key_overrides)
     recipe.apply_override(o);
   recipe.resolve_interpolations();
@@ -392,18 +519,26 @@ std::string Recipe::origin(const std::string& key) const {
       return it->second;
     const auto dot = k.rfind('.');
     if (dot == std::string::npos)
-      return "recipe";
+      return file_;
     k = k.substr(0, dot);
   }
 }
 
+std::string Recipe::place(const std::string& key) const {
+  const std::string where = origin(key);
+  // A value from a config group: also the recipe the user gave.
+  return where.rfind(file_, 0) == 0
+      ? where
+      : where + " (in the defaults of " + file_ + ")";
+}
+
 void Recipe::fail_at(const std::string& key, const std::string& why) const {
-  throw RecipeError(origin(key) + ": " + key + ": " + why);
+  throw RecipeError(place(key) + ": " + key + ": " + why);
 }
 
 void Recipe::apply_override(const std::string& text) {
   const auto fail = [&](const std::string& why) {
-    throw RecipeError("override '" + text + "': " + why);
+    throw RecipeError(file_ + ": override '" + text + "': " + why);
   };
   if (text.empty())
     fail("empty");
@@ -439,18 +574,30 @@ void Recipe::apply_override(const std::string& text) {
   if (add) {
     if (has(key))
       fail("key '" + key + "' exists; set it with " + key + "=...");
-    // Create the missing parent maps.
+    // Create the missing parent maps; list items are reached by index.
     YAML::Node cursor;
     cursor.reset(root_);
+    std::string walked;
     for (size_t i = 0; i + 1 < parts.size(); ++i) {
-      const YAML::Node& as_const = cursor;
-      if (!as_const[parts[i]])
-        cursor[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      YAML::Node next = cursor[parts[i]];
-      if (!next.IsMap())
-        fail("'" + join("", parts[i]) + "' is not a mapping");
+      walked = join(walked, parts[i]);
+      YAML::Node next;
+      if (cursor.IsSequence()) {
+        const YAML::Node item = node(walked);
+        if (!item)
+          fail("no list item '" + walked + "'");
+        next.reset(item);
+      } else {
+        const YAML::Node& as_const = cursor;
+        if (!as_const[parts[i]])
+          cursor[parts[i]] = YAML::Node(YAML::NodeType::Map);
+        next.reset(cursor[parts[i]]);
+      }
+      if (!next.IsMap() && !next.IsSequence())
+        fail("'" + walked + "' is not a mapping");
       cursor.reset(next);
     }
+    if (cursor.IsSequence())
+      fail("'" + parent_key + "' is a list: set its items by index");
     cursor[parts.back()] = value;
   } else {
     const YAML::Node existing = node(key);
@@ -470,10 +617,13 @@ void Recipe::apply_override(const std::string& text) {
     }
     YAML::Node parent;
     parent.reset(parent_key.empty() ? root_ : node(parent_key));
-    parent[parts.back()] = value;
+    if (parent.IsSequence()) // a list item by index: rules.1.weight.bits=3
+      parent[std::stoull(parts.back())] = value;
+    else
+      parent[parts.back()] = value;
   }
   forget_origins(origins_, key);
-  origins_[key] = "override '" + text + "'";
+  origins_[key] = file_ + ": override '" + text + "'";
 }
 
 std::string Recipe::resolve_text(
@@ -597,14 +747,7 @@ void Recipe::check(const YAML::Node& schema) const {
                  const YAML::Node& rule,
                  const std::string& prefix) {
         if (rule.IsScalar()) {
-          const std::string type = rule.Scalar();
-          if (!fits(value, type)) {
-            fail_at(
-                prefix,
-                "expected " + std::string(type == "int" ? "an " : "a ") + type +
-                    ", got " + kind(value) +
-                    (value.IsScalar() ? " '" + value.Scalar() + "'" : ""));
-          }
+          check_leaf(*this, value, parse_leaf(rule, prefix), prefix);
           return;
         }
         if (!value.IsMap())
@@ -616,7 +759,7 @@ void Recipe::check(const YAML::Node& schema) const {
           const YAML::Node sub = rule[name];
           if (!sub) {
             throw RecipeError(
-                origin(key) + ": unknown key '" + key + "'" +
+                place(key) + ": unknown key '" + key + "'" +
                 suggestion(prefix, name, known));
           }
           walk(kv.second, sub, key);

@@ -48,10 +48,12 @@ class Recipe {
       const std::string& path,
       const std::vector<std::string>& overrides = {});
   // A schema is YAML of the same shape as a recipe whose leaves are type
-  // names: int, float, bool, string, list, map (a map of anything), any.
+  // names: int, float, bool, string, list, map (a map of anything), any;
+  // numbers may add their range, lists their items' type ("int >= 1",
+  // "float in (0, 1]", "list of int in [1, 65536]").
   static YAML::Node load_schema(const std::string& path);
-  // Unknown keys and values of the wrong type are errors naming where they
-  // were set, with the closest known key suggested.
+  // Unknown keys, values of the wrong type and numbers out of their range are
+  // errors naming where they were set, with the closest known key suggested.
   void check(const YAML::Node& schema) const;
 
   bool has(const std::string& key) const;
@@ -70,7 +72,8 @@ class Recipe {
   const YAML::Node& root() const {
     return root_;
   }
-  // Where `key` was set ("file:line:column" or "override '...'").
+  // Where `key` was set ("file:line:column", "file: override '...'", or the
+  // recipe file for a key set nowhere).
   std::string origin(const std::string& key) const;
   // The composed recipe as YAML text (what --print-config shows and each run
   // saves).
@@ -87,6 +90,9 @@ class Recipe {
       const std::string& text,
       std::vector<std::string>& visiting);
   YAML::Node node(const std::string& key) const;
+  // origin(key), and the recipe file when the key was set in a config group.
+  std::string place(const std::string& key) const;
+  std::string file_; // the recipe file that was loaded
   YAML::Node root_;
   std::map<std::string, std::string> origins_;
 };

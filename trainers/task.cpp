@@ -9,6 +9,7 @@
 #include "trainers/data/bpe.h"
 #include "trainers/data/datasets.h"
 #include "trainers/data/text.h"
+#include "trainers/error_text.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama.h"
 #include "trainers/models/llama_gguf.h"
@@ -69,17 +70,32 @@ class ImageTask final : public Task {
     const auto validation_size = recipe.get<int64_t>("data.validation");
     batch_size_ = recipe.get<int64_t>("data.batch_size");
     eval_batch_size_ = recipe.get<int64_t>("data.eval_batch_size", 1000);
+    // Held-out sizes leave at least one batch of training images.
+    const auto hold_out = [&](const data::ImageDataset& from,
+                              const char* key,
+                              int64_t size,
+                              uint64_t split_seed) {
+      if (size >= from.size())
+        recipe.fail_at(
+            key,
+            std::to_string(size) + " images held out of " +
+                std::to_string(from.size()) + " leave none to train on");
+      return data::split(from, size, split_seed);
+    };
     if (name == "fashion_mnist") {
       auto fm = data::load_fashion_mnist();
       std::tie(train_, validation_) =
-          data::split(fm.train, validation_size, seed);
+          hold_out(fm.train, "data.validation", validation_size, seed);
       test_ = std::move(fm.test);
     } else {
       // digits has no official test split: hold out data.test images first.
-      auto [rest, held_out] = data::split(
-          data::load_digits(), recipe.get<int64_t>("data.test"), seed);
+      auto [rest, held_out] = hold_out(
+          data::load_digits(),
+          "data.test",
+          recipe.get<int64_t>("data.test"),
+          seed);
       std::tie(train_, validation_) =
-          data::split(rest, validation_size, seed + 1);
+          hold_out(rest, "data.validation", validation_size, seed + 1);
       test_ = std::move(held_out);
     }
     for (auto* d : {&train_, &validation_, &test_}) {
@@ -88,7 +104,11 @@ class ImageTask final : public Task {
     }
     per_epoch_ = train_.size() / batch_size_;
     if (per_epoch_ == 0)
-      recipe.fail_at("data.batch_size", "larger than the training set");
+      recipe.fail_at(
+          "data.batch_size",
+          std::to_string(batch_size_) + " is larger than the training set (" +
+              std::to_string(train_.size()) + " images)");
+    classes_ = train_.labels.max().item<int64_t>() + 1;
     std::printf(
         "data: %s, %lld train / %lld validation / %lld test images\n",
         name.c_str(),
@@ -101,6 +121,11 @@ class ImageTask final : public Task {
     const auto type = recipe_.get<std::string>("model.type");
     const auto sizes = train_.images.sizes();
     const int64_t classes = recipe_.get<int64_t>("model.classes", 10);
+    if (classes < classes_)
+      recipe_.fail_at(
+          "model.classes",
+          std::to_string(classes) + " outputs for data with " +
+              std::to_string(classes_) + " classes");
     Model model;
     if (type == "mlp") {
       model = std::make_shared<models::MlpImpl>(
@@ -191,7 +216,7 @@ class ImageTask final : public Task {
   torch::Device device_;
   uint64_t seed_;
   Shard shard_;
-  int64_t batch_size_, eval_batch_size_, per_epoch_;
+  int64_t batch_size_, eval_batch_size_, per_epoch_, classes_ = 0;
   data::ImageDataset train_, validation_, test_;
   mutable std::vector<torch::Tensor> epoch_batches_, calibration_order_;
   mutable int64_t cached_epoch_ = -1;
@@ -235,6 +260,14 @@ class TextTask final : public Task {
     const int64_t half = held.numel() / 2;
     validation_ = held.narrow(0, 0, half).to(device);
     test_ = held.narrow(0, half, held.numel() - half).to(device);
+    const int64_t shortest = std::min(train_.numel(), validation_.numel());
+    if (context_ >= shortest)
+      recipe.fail_at(
+          "data.context",
+          std::to_string(context_) + " tokens per window, but the " +
+              (shortest == train_.numel() ? "training" : "validation") +
+              " text has " + std::to_string(shortest) +
+              " (data.held_out: " + std::to_string(held_out) + ")");
     std::printf(
         "data: kjv, %lld train / %lld validation / %lld test %s, context %lld\n",
         static_cast<long long>(train_.numel()),
@@ -265,7 +298,7 @@ class TextTask final : public Task {
       try {
         config.validate();
       } catch (const std::exception& e) {
-        recipe_.fail_at("model", e.what());
+        recipe_.fail_at("model", error_text(e));
       }
       model = std::make_shared<models::LlamaForCausalLMImpl>(config);
     } else {

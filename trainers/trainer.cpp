@@ -21,6 +21,7 @@
 #include "qat/prepare.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
+#include "trainers/error_text.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
@@ -92,7 +93,16 @@ struct LoopConfig {
     positive("optimizer.lr", c.lr);
     positive("distill.temperature", c.temperature);
     if (c.warmup < 0 || c.warmup >= c.steps)
-      r.fail_at(p + ".schedule.warmup", "must be in [0, steps)");
+      r.fail_at(
+          p + ".schedule.warmup",
+          "must be in [0, steps) = [0, " + std::to_string(c.steps) + "), got " +
+              std::to_string(c.warmup));
+    if (!(c.ce > 0) && !c.distills())
+      r.fail_at(
+          p + ".distill.ce",
+          "ce, kl and mse are all 0: the loss would be 0, nothing to learn");
+    if (c.optimizer == "sgd" && c.nesterov && !(c.momentum > 0))
+      r.fail_at(p + ".optimizer.momentum", "Nesterov SGD needs a momentum > 0");
     return c;
   }
 
@@ -480,9 +490,10 @@ struct Job::State {
     return model;
   }
 
-  void calibrate_model(torch::nn::Module& model) {
+  void calibrate_model(torch::nn::Module& model, int64_t batches = 0) {
     activity = "calibration";
-    const auto batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
+    if (batches == 0)
+      batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
     model.eval();
     qat::calibrate(model, [&] {
       for (int64_t b = 0; b < batches; ++b)
@@ -847,6 +858,62 @@ struct Job::State {
 
   // -- stages ---------------------------------------------------------------
 
+  // Everything a run of `stages` reads from the recipe alone, checked before
+  // the first stage starts: a bad value for the last stage costs no training.
+  void preflight(const std::vector<std::string>& stages) {
+    const std::vector<std::string> known = {
+        "float", "ptq", "qat", "eval", "export"};
+    for (const auto& stage : stages) {
+      if (std::find(known.begin(), known.end(), stage) == known.end()) {
+        const auto best = recipe::closest(stage, known);
+        recipe.fail_at(
+            "trainer.stages",
+            "unknown stage '" + stage + "'" +
+                (best.empty() ? "" : " (did you mean '" + best + "'?)") +
+                "; stages: " + join_names(known));
+      }
+    }
+    const auto runs = [&](const char* stage) {
+      return std::find(stages.begin(), stages.end(), stage) != stages.end();
+    };
+    const auto load = recipe.get<std::string>("trainer.float.load", "");
+    if (runs("float")) {
+      if (!load.empty() && !fs::is_regular_file(load))
+        recipe.fail_at("trainer.float.load", "no such file: " + load);
+      if (load.empty() && recipe.get<int64_t>("trainer.float.steps") > 0)
+        LoopConfig::read(recipe, "trainer.float");
+    }
+    for (const char* stage : {"ptq", "qat"}) {
+      if (!runs(stage))
+        continue;
+      const std::string key = std::string("trainer.") + stage;
+      if (std::string(stage) == "qat")
+        LoopConfig::read(recipe, key);
+      for (const auto& name :
+           recipe.get<std::vector<std::string>>(key + ".schemes"))
+        scheme(name);
+    }
+    if (runs("export")) {
+      const auto format = recipe.get<std::string>("export.format", "native");
+      const auto formats = export_formats();
+      if (std::find(formats.begin(), formats.end(), format) == formats.end())
+        recipe.fail_at(
+            "export.format",
+            "unknown format '" + format + "'; expected " + join_names(formats));
+      const auto trained = runs("qat")
+          ? recipe.get<std::vector<std::string>>("trainer.qat.schemes")
+          : std::vector<std::string>{};
+      for (const auto& name :
+           recipe.get<std::vector<std::string>>("export.schemes")) {
+        if (std::find(trained.begin(), trained.end(), name) == trained.end())
+          recipe.fail_at(
+              "export.schemes",
+              "'" + name + "' is not trained by a qat stage of this run " +
+                  "(trainer.qat.schemes: " + join_names(trained) + ")");
+      }
+    }
+  }
+
   void float_stage() {
     torch::manual_seed(seed);
     float_model = build_model();
@@ -1129,18 +1196,7 @@ std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
   const auto stages = stages_in.empty()
       ? s.recipe.get<std::vector<std::string>>("trainer.stages")
       : stages_in;
-  const std::vector<std::string> known = {
-      "float", "ptq", "qat", "eval", "export"};
-  for (const auto& stage : stages) {
-    if (std::find(known.begin(), known.end(), stage) == known.end()) {
-      const auto best = recipe::closest(stage, known);
-      s.recipe.fail_at(
-          "trainer.stages",
-          "unknown stage '" + stage + "'" +
-              (best.empty() ? "" : " (did you mean '" + best + "'?)") +
-              "; stages: " + join_names(known));
-    }
-  }
+  s.preflight(stages);
   s.check_same_recipe();
   const fs::path dir(s.run_dir);
   if (!s.options.resume && fs::exists(dir / "checkpoints")) {
@@ -1187,7 +1243,7 @@ std::vector<ModelResult> Job::run(const std::vector<std::string>& stages_in) {
   } catch (const DistributedError&) {
     throw; // it names the ranks already
   } catch (const std::exception& e) {
-    s.dist->announce_failure(e.what()); // so the others can say why
+    s.dist->announce_failure(error_text(e)); // so the others can say why
     throw;
   }
   return s.results;
@@ -1225,6 +1281,31 @@ ExportSizes Job::export_checkpoint(
       format,
       path,
       s.recipe.get<std::string>("run.name") + " " + scheme);
+}
+
+std::string Job::check() {
+  auto& s = *state_;
+  const auto stages = s.recipe.get<std::vector<std::string>>("trainer.stages");
+  s.preflight(stages);
+  torch::manual_seed(s.seed);
+  s.float_model = s.build_model();
+  std::ostringstream out;
+  out << "recipe: stages " << join_names(stages) << "; model "
+      << s.recipe.get<std::string>("model.type") << "\n";
+  std::set<std::string> schemes;
+  for (const char* stage : {"ptq", "qat"}) {
+    if (std::find(stages.begin(), stages.end(), stage) != stages.end()) {
+      for (const auto& name : s.recipe.get<std::vector<std::string>>(
+               std::string("trainer.") + stage + ".schemes"))
+        schemes.insert(name);
+    }
+  }
+  for (const auto& name : schemes) {
+    auto model = s.copy_of_float(name);
+    s.calibrate_model(*model, 1); // the specs meet the layers' shapes
+    out << "scheme " << name << ": prepared and calibrated on one batch\n";
+  }
+  return out.str();
 }
 
 std::string Job::info(const std::string& scheme) {

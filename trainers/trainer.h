@@ -106,6 +106,11 @@ class Job {
       const std::string& scheme,
       const std::string& path,
       const std::string& format = "native");
+  // `qat train --check`: everything the run would check before its first
+  // step (the recipe's values, the data, the model, each scheme prepared and
+  // calibrated on one batch), without training or writing anything; throws
+  // what the run would throw. Returns a summary of what was checked.
+  std::string check();
   // `qat info`: the model, each layer's effective quantization, parameter
   // count and sizes.
   std::string info(const std::string& scheme);

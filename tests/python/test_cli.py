@@ -154,7 +154,7 @@ def main(qat: str, recipes: str) -> int:
     check(run(qat, "train", "--help").returncode == 0, "--help exits 0")
     bad = run(qat, "train", digits, "trainer.float.stepz=3")
     check(bad.returncode == 1 and bad.stderr.startswith(
-        "error: override 'trainer.float.stepz=3': ") and "did you mean 'trainer.float.steps'" in bad.stderr,
+        f"error: {digits}: override 'trainer.float.stepz=3': ") and "did you mean 'trainer.float.steps'" in bad.stderr,
         f"unknown override key: {bad.stderr}")
     typed = run(qat, "train", digits, "trainer.float.steps=many")
     check(typed.returncode == 1 and "trainer.float.steps" in typed.stderr and "int" in typed.stderr,

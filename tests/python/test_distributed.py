@@ -122,12 +122,18 @@ def crc_of(path):
     return f"{crc:08x}"
 
 
+def complete_checkpoints(folder):
+    """The checkpoint files in `folder`: each is renamed into place once written, so a name
+    without the writer's temporary suffix is a whole checkpoint."""
+    return sorted(f for f in os.listdir(folder) if ".safetensors.tmp." not in f)
+
+
 def verify_checkpoints(run_dir, stage):
     """Every checkpoint of the stage reads and verifies (qat eval checks the CRC). A writer
     killed mid-write may leave its temporary file, which is no checkpoint's name (and which
     the next save removes); nothing else may be there."""
     folder = os.path.join(run_dir, "checkpoints", stage)
-    files = sorted(f for f in os.listdir(folder) if ".safetensors.tmp." not in f)
+    files = complete_checkpoints(folder)
     others = [f for f in files if not (f.startswith("step-") and f.endswith(".safetensors"))]
     check(len(files) >= 2 and not others,
           f"{stage}: only step checkpoints in {folder} ({files})")
@@ -250,8 +256,9 @@ def start_ranks(name, timeout_s):
     folder = os.path.join(run_dir, "checkpoints", "qat.w4a4")
     deadline = time.time() + 120
     while time.time() < deadline:
-        if os.path.isdir(folder) and len([f for f in os.listdir(folder)
-                                          if f.startswith("step-")]) >= 2:
+        # Complete checkpoints only: a writer's temporary file also starts with "step-", and
+        # counting it let the test stop rank 0 half-way through its second checkpoint.
+        if os.path.isdir(folder) and len(complete_checkpoints(folder)) >= 2:
             return run_dir, ranks
         if any(p.poll() is not None for p in ranks):
             break
