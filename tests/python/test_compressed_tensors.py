@@ -15,13 +15,13 @@ for SmolLM2-135M at W8A8. Then:
 3. transformers loads the folder (CPU, float32; compressed-tensors applies
    the scheme, activation quantization included) and its logits must equal
    those of qat's converted model up to float rounding (relative rms 1e-5).
-   One arithmetic difference remains with dynamic int8 activations:
-   compressed-tensors divides by the scale where qat (like ATen) multiplies
-   by its reciprocal, and with symmetric scales (amax / 127.5) each token's
-   largest value sits exactly on a rounding tie that the last ulp decides.
-   There the shipped logits must be closer to qat's than the float model's
-   are, and with compressed-tensors' fake-quant multiplying by the
-   reciprocal they must be equal up to float rounding again;
+   Dynamic int8 activations are the one exception: compressed-tensors'
+   emulation takes each token's scale as amax / 127.5 and divides by it,
+   where qat, like vLLM's dynamic int8 kernels that serve these checkpoints,
+   takes amax / 127 and multiplies by its reciprocal (as ATen does). There
+   the shipped logits must be closer to qat's than the float model's are,
+   and with compressed-tensors' fake-quant doing vLLM's arithmetic they must
+   be equal up to float rounding again;
 4. the checks can fail: a weight_scale 5% off in one layer fails checks 2
    and 3, and the float model's logits are outside the tolerance.
 
@@ -61,8 +61,12 @@ def relative_rms(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def reciprocal_quantize_dequantize(x, scale, zero_point, q_min, q_max, args, global_scale=None):
-    """compressed-tensors' fake-quant with qat's (and ATen's) arithmetic:
-    x * (1 / scale) where compressed-tensors divides."""
+    """compressed-tensors' fake-quant with vLLM's (and qat's) arithmetic: dynamic symmetric
+    int8 scales amax / 127 where compressed-tensors takes amax / 127.5, and x * (1 / scale)
+    where compressed-tensors divides."""
+    if args.dynamic and args.type == "int" and args.symmetric and args.num_bits == 8:
+        amax = x.abs().amax(dim=-1, keepdim=True).reshape(scale.shape)
+        scale = torch.clamp_min(amax / 127, torch.finfo(torch.float32).eps).to(scale.dtype)
     if global_scale is not None:
         scale = scale / global_scale
     scaled = x * torch.reciprocal(scale)
@@ -154,7 +158,7 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
     float_err = relative_rms(ours["float_logits"], ours["logits"])
     runs = [("as shipped", None)]
     if int_dynamic:
-        runs.append(("multiplying by 1 / scale", reciprocal_quantize_dequantize))
+        runs.append(("with vLLM's dynamic int8 arithmetic", reciprocal_quantize_dequantize))
     for how, replacement in runs:
         with torch.no_grad(), replaced_quantize_dequantize(replacement):
             logits = model(ours["tokens"]).logits
@@ -163,9 +167,8 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
         print(f"{name}: transformers' logits {how}: relative rms {err:.2e}, max |diff| "
               f"{(logits - ours['logits']).abs().max().item():.3g}, top-1 {100 * top1:.1f}% "
               f"(float model: {float_err:.2e}){' [dequantize=True]' if affine_packed else ''}")
-        # Dynamic int8 as shipped: each token's largest value sits on a
-        # rounding tie, decided by division or multiplication; closer to
-        # qat's quantized model than the float model is.
+        # Dynamic int8 as shipped: compressed-tensors' own scale rule and
+        # division; closer to qat's quantized model than the float model is.
         bound = float_err if int_dynamic and replacement is None else TOLERANCE
         if not err < bound:
             failures.append(f"{name}: transformers' logits {how} off by {err:.2e} relative rms "

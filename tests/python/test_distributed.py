@@ -9,8 +9,10 @@ us). What is checked:
   equivalence   2 ranks with half of each batch end with the weights, learned LSQ scales and
                 observer state of 1 process with the whole batch, for the float stage and for
                 QAT (moving-average observers reduced across ranks, LSQ weight scales), with
-                gradient accumulation too; both ranks' models are identical (their CRC-32
-                digests, which this script recomputes from rank 0's checkpoint)
+                gradient accumulation too, and on ATen's scalar kernels (other summation
+                orders); both ranks' models are identical (their CRC-32 digests, which this
+                script recomputes from rank 0's checkpoint). The tolerance holds on any CPU
+                for the reason in docs/DISTRIBUTED.md ("Why 2 ranks equal 1 process")
   SLURM         scripts/launch_slurm.sh, srun standing in, gives the same model from SLURM's
                 variables (rank, task count, the node list's first host)
   resume        a QAT stage halted by 2 ranks and resumed by 1 ends as the uninterrupted run
@@ -58,7 +60,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def train(name, overrides, ranks=1, extra=()):
+def train(name, overrides, ranks=1, extra=(), env=None):
     """Runs `qat train` in WORK/name with 1 process, or `ranks` under torchrun."""
     run_dir = os.path.join(WORK, name)
     args = [QAT, "train", RECIPE, f"run.dir={run_dir}", *COMMON, *overrides, *extra]
@@ -66,7 +68,8 @@ def train(name, overrides, ranks=1, extra=()):
         args = [TORCHRUN, "--no-python", f"--nproc-per-node={ranks}",
                 f"--master-port={free_port()}", *args]
     start = time.time()
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **(env or {})))
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:])
         raise SystemExit(f"{name}: qat train failed ({done.returncode})")
@@ -172,8 +175,16 @@ before = model_state(os.path.join(one_qat, "checkpoints", "qat.w4a4", "step-0000
 after = model_state(final(one_qat, "qat.w4a4"))
 moved = {k: worst_difference({k: after[k]}, {k: before[k]})[0]
          for k in ("fc1.weight", "fc1.weight_quantizer.scale")}
-check(min(moved.values()) > 100 * TOLERANCE,
+check(min(moved.values()) > 10 * TOLERANCE,
       f"QAT's last 10 steps moved the weights and LSQ scales far beyond the tolerance ({moved})")
+
+# The same with ATen's scalar CPU kernels: other summation orders, as another CPU's kernels have
+# (with torch.ao's amax / 127.5 scales this case diverges on an AMD EPYC, 5e-3 in fc0.weight:
+# bench/rank_divergence.py, docs/DISTRIBUTED.md).
+SCALAR = {"ATEN_CPU_CAPABILITY": "default"}
+compare("QAT w4a4 on ATen's scalar kernels, 2 ranks vs 1",
+        final(train("scalar_1", QAT_STAGE, env=SCALAR), "qat.w4a4"),
+        final(train("scalar_2", QAT_STAGE, ranks=2, env=SCALAR), "qat.w4a4"))
 
 ACCUMULATE = QAT_STAGE + ["+trainer.qat.accumulate=2", "data.batch_size=32"]
 compare("QAT with 2 micro-batches per step, 2 ranks vs 1",
