@@ -71,13 +71,15 @@ def codes(w, scale, qmin, qmax):
 def code_report(before, after, layers):
     """The codes of the forward of the step from `before` to `after` (pairs: 1 process, 2 ranks).
     That forward saw the weights of `before`, and the scale an observer computed from them (saved
-    in `after`) or a learned scale (saved in `before`)."""
+    in `after`) or a learned scale (saved in `before`). Returns how many codes differ."""
+    flipped = 0
     for name, (bits, learned) in layers.items():
         w1, w2 = (b[name + ".weight"] for b in before)
         s1, s2 = (s[name + ".weight_quantizer.scale"] for s in (before if learned else after))
         qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         (x1, c1, m1), (x2, c2, m2) = codes(w1, s1, qmin, qmax), codes(w2, s2, qmin, qmax)
         bitwise = int((w1.view(np.uint32) != w2.view(np.uint32)).sum())
+        flipped += int((c1 != c2).sum())
         if not (c1 != c2).any():
             continue
         line = (f"  {name}.weight ({bits} bits): {bitwise} of {w1.size} elements differ in their last "
@@ -87,6 +89,7 @@ def code_report(before, after, layers):
             line += (f"\n    [{i[0]}, {i[1]}]: x / scale = {x1[i]!r} vs {x2[i]!r} -> code {c1[i]:.0f} "
                      f"vs {c2[i]:.0f}" + (", clamped in one run" if m1[i] != m2[i] else ""))
         print(line)
+    return flipped
 
 
 def main():
@@ -115,6 +118,7 @@ def main():
     # LSQ's learned ones.
     layers = {"fc0": (8, False), "fc1": (4, True), "head": (8, False)}
     previous, reported = None, False  # reported: a step past 1e-5 was seen
+    flipped = 0
     print(f"symmetric scale rule: {a.scale} ({'amax / qmax' if a.scale == 'qmax' else 'amax / 127.5, 7.5'})")
     for step in range(1, a.steps + 1):
         name = f"step-{step:09d}.safetensors" if step < a.steps else "final.safetensors"
@@ -122,9 +126,11 @@ def main():
         r, where = worst(one, two)
         print(f"step {step:3d}: worst relative difference {r:.2e} ({where})")
         if not reported and previous is not None:
-            code_report(previous, (one, two), layers)  # the codes this step's forward used
+            flipped += code_report(previous, (one, two), layers)  # this step's forward
         reported |= r > 1e-5
         previous = (one, two)
+    print(f"final: worst relative difference {r:.2e} ({where}); weight codes that differed "
+          f"{'before the first step past 1e-5' if reported else 'in all'}: {flipped}")
     print(f"runs in {work}")
 
 

@@ -19,7 +19,8 @@ for SmolLM2-135M at W8A8. Then:
    emulation takes each token's scale as amax / 127.5 and divides by it,
    where qat, like vLLM's dynamic int8 kernels that serve these checkpoints,
    takes amax / 127 and multiplies by its reciprocal (as ATen does). There
-   the shipped logits must be closer to qat's than the float model's are,
+   the shipped logits must be within sqrt(2) times the float model's
+   distance (two independent roundings on grids 0.4% apart),
    and with compressed-tensors' fake-quant doing vLLM's arithmetic they must
    be equal up to float rounding again;
 4. the checks can fail: a weight_scale 5% off in one layer fails checks 2
@@ -29,6 +30,7 @@ usage: test_compressed_tensors.py PATH/TO/conformance_tool
 """
 import contextlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -167,9 +169,11 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
         print(f"{name}: transformers' logits {how}: relative rms {err:.2e}, max |diff| "
               f"{(logits - ours['logits']).abs().max().item():.3g}, top-1 {100 * top1:.1f}% "
               f"(float model: {float_err:.2e}){' [dequantize=True]' if affine_packed else ''}")
-        # Dynamic int8 as shipped: compressed-tensors' own scale rule and
-        # division; closer to qat's quantized model than the float model is.
-        bound = float_err if int_dynamic and replacement is None else TOLERANCE
+        # Dynamic int8 as shipped: compressed-tensors' own grid (amax / 127.5)
+        # against qat's (amax / 127) rounds every activation independently,
+        # two quantization noises of the size that separates the float model
+        # from qat's: at most sqrt(2) times that.
+        bound = math.sqrt(2) * float_err if int_dynamic and replacement is None else TOLERANCE
         if not err < bound:
             failures.append(f"{name}: transformers' logits {how} off by {err:.2e} relative rms "
                             f"(bound {bound:.2e})")
