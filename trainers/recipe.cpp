@@ -107,12 +107,15 @@ struct Leaf {
   }
 };
 
-Leaf parse_leaf(const YAML::Node& rule, const std::string& schema_key) {
+// The leaf `rule` of the schema at `where` ("schema.yaml:5:10") for
+// `schema_key`; a malformed one is an error naming both.
+Leaf parse_leaf(
+    const YAML::Node& rule,
+    const std::string& schema_key,
+    const std::string& where) {
   const std::string text = rule.Scalar();
   const auto bad = [&](const std::string& why) -> RecipeError {
-    return RecipeError(
-        "schema line " + std::to_string(rule.Mark().line + 1) + ", " +
-        schema_key + ": '" + text + "': " + why);
+    return RecipeError(where + ": " + schema_key + ": '" + text + "': " + why);
   };
   std::istringstream in(text);
   Leaf leaf;
@@ -738,7 +741,18 @@ std::string Recipe::dump() const {
 }
 
 YAML::Node Recipe::load_schema(const std::string& path) {
-  return parse_file(path);
+  YAML::Node schema = parse_file(path);
+  // Every leaf parses, or the schema's own file and line say why.
+  std::function<void(const YAML::Node&, const std::string&)> walk =
+      [&](const YAML::Node& rule, const std::string& key) {
+        if (rule.IsScalar())
+          parse_leaf(rule, key, at(path, rule.Mark()));
+        else if (rule.IsMap())
+          for (const auto& kv : rule)
+            walk(kv.second, join(key, kv.first.as<std::string>()));
+      };
+  walk(schema, "");
+  return schema;
 }
 
 void Recipe::check(const YAML::Node& schema) const {
@@ -747,7 +761,14 @@ void Recipe::check(const YAML::Node& schema) const {
                  const YAML::Node& rule,
                  const std::string& prefix) {
         if (rule.IsScalar()) {
-          check_leaf(*this, value, parse_leaf(rule, prefix), prefix);
+          check_leaf(
+              *this,
+              value,
+              parse_leaf(
+                  rule,
+                  prefix,
+                  "schema line " + std::to_string(rule.Mark().line + 1)),
+              prefix);
           return;
         }
         if (!value.IsMap())

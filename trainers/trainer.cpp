@@ -894,12 +894,7 @@ struct Job::State {
         scheme(name);
     }
     if (runs("export")) {
-      const auto format = recipe.get<std::string>("export.format", "native");
-      const auto formats = export_formats();
-      if (std::find(formats.begin(), formats.end(), format) == formats.end())
-        recipe.fail_at(
-            "export.format",
-            "unknown format '" + format + "'; expected " + join_names(formats));
+      export_format();
       const auto trained = runs("qat")
           ? recipe.get<std::vector<std::string>>("trainer.qat.schemes")
           : std::vector<std::string>{};
@@ -1015,13 +1010,19 @@ struct Job::State {
     return sizes;
   }
 
-  void export_stage() {
+  // export.format, one of export_formats().
+  std::string export_format() const {
     const auto format = recipe.get<std::string>("export.format", "native");
     const auto formats = export_formats();
     if (std::find(formats.begin(), formats.end(), format) == formats.end())
       recipe.fail_at(
           "export.format",
           "unknown format '" + format + "'; expected " + join_names(formats));
+    return format;
+  }
+
+  void export_stage() {
+    const auto format = export_format();
     for (const auto& name :
          recipe.get<std::vector<std::string>>("export.schemes")) {
       if (!qat_models.count(name)) {
