@@ -216,6 +216,10 @@ int main(int argc, char** argv) {
         message.rfind("rank ", 0) == 0 ? "" : who.c_str(),
         message.c_str());
     return 1;
+  } catch (...) { // not a std::exception: still one line, never a terminate()
+    std::fprintf(
+        stderr, "error: %san unknown error stopped the job\n", who.c_str());
+    return 1;
   }
   return 0;
 }
