@@ -74,6 +74,28 @@ FakeQuantizerOptions quantizer(
        "pact_alpha"});
   const auto has = [&](const char* k) { return recipe.has(key + "." + k); };
   const auto at = [&](const char* k) { return key + "." + k; };
+  // A number's range, checked with its key (the spec, the observer and the
+  // estimator check again, without knowing the recipe).
+  const auto in_range = [&](const char* k,
+                            double v,
+                            double lo,
+                            double hi,
+                            bool lo_open,
+                            const char* range) {
+    if (!((lo_open ? v > lo : v >= lo) && v <= hi))
+      recipe.fail_at(
+          at(k),
+          std::string("must be ") + range + ", got " +
+              recipe.get<std::string>(at(k)));
+    return v;
+  };
+  const auto integer = [&](const char* k, int64_t lo, int64_t hi) {
+    const auto v = recipe.get<int64_t>(at(k));
+    const std::string range =
+        "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    in_range(k, static_cast<double>(v), lo, hi, false, range.c_str());
+    return v;
+  };
   QuantSpec spec = options.spec();
   if (has("gguf")) {
     spec = QuantSpec::gguf_block(parse_name<GgufRule, 2>(
@@ -91,13 +113,8 @@ FakeQuantizerOptions quantizer(
     if (spec.is_fp8())
       spec.bits(8);
   }
-  if (has("bits")) {
-    const auto bits = recipe.get<int64_t>(at("bits"));
-    if (bits < 2 || bits > 8)
-      recipe.fail_at(
-          at("bits"), "must be in [2, 8], got " + std::to_string(bits));
-    spec.bits(static_cast<int>(bits));
-  }
+  if (has("bits"))
+    spec.bits(static_cast<int>(integer("bits", 2, 8)));
   if (has("signed"))
     spec.is_signed(recipe.get<bool>(at("signed")));
   if (has("symmetric"))
@@ -120,15 +137,10 @@ FakeQuantizerOptions quantizer(
           {"per_group", Granularity::per_group},
           {"per_token", Granularity::per_token}}}));
   }
-  if (has("axis")) {
-    const auto axis = recipe.get<int64_t>(at("axis"));
-    if (axis < -8 || axis > 7) // no layer of qat's has more dimensions
-      recipe.fail_at(
-          at("axis"), "must be in [-8, 7], got " + std::to_string(axis));
-    spec.axis(axis);
-  }
-  if (has("group_size"))
-    spec.group_size(recipe.get<int64_t>(at("group_size")));
+  if (has("axis")) // no layer of qat's has more than 8 dimensions
+    spec.axis(integer("axis", -8, 7));
+  if (has("group_size")) // 0: none (not per_group)
+    spec.group_size(integer("group_size", 0, int64_t{1} << 30));
   if (has("dynamic"))
     spec.dynamic(recipe.get<bool>(at("dynamic")));
   try {
@@ -148,30 +160,20 @@ FakeQuantizerOptions quantizer(
           {"percentile", ObserverKind::percentile},
           {"mse", ObserverKind::mse}}}));
   }
-  // The numbers' ranges, checked here with their key (the observer and the
-  // estimator check them again, without knowing the recipe).
-  const auto in_range = [&](const char* k,
-                            double lo,
-                            double hi,
-                            bool lo_open,
-                            const char* range) {
-    const double v = recipe.get<double>(at(k));
-    if (!((lo_open ? v > lo : v >= lo) && v <= hi))
-      recipe.fail_at(
-          at(k),
-          std::string("must be ") + range + ", got " +
-              recipe.get<std::string>(at(k)));
-    return v;
-  };
+  const auto real = [&](const char* k) { return recipe.get<double>(at(k)); };
   if (has("averaging_constant"))
-    observer.averaging_constant(
-        in_range("averaging_constant", 0, 1, true, "in (0, 1]"));
+    observer.averaging_constant(in_range(
+        "averaging_constant",
+        real("averaging_constant"),
+        0,
+        1,
+        true,
+        "in (0, 1]"));
   if (has("percentile"))
-    observer.percentile(in_range("percentile", 50, 100, true, "in (50, 100]"));
-  if (has("mse_steps")) {
-    in_range("mse_steps", 1, 10000, false, "in [1, 10000]");
-    observer.mse_steps(recipe.get<int64_t>(at("mse_steps")));
-  }
+    observer.percentile(in_range(
+        "percentile", real("percentile"), 50, 100, true, "in (50, 100]"));
+  if (has("mse_steps"))
+    observer.mse_steps(integer("mse_steps", 1, 10000));
   options.observer(observer);
   if (has("estimator")) {
     options.estimator(parse_name<Estimator, 4>(
@@ -183,7 +185,8 @@ FakeQuantizerOptions quantizer(
           {"pact", Estimator::pact}}}));
   }
   if (has("pact_alpha"))
-    options.pact_alpha(in_range("pact_alpha", 0, 1e30, true, "in (0, 1e30]"));
+    options.pact_alpha(in_range(
+        "pact_alpha", real("pact_alpha"), 0, 1e30, true, "in (0, 1e30]"));
   return options;
 }
 
