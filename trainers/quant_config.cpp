@@ -74,26 +74,17 @@ FakeQuantizerOptions quantizer(
        "pact_alpha"});
   const auto has = [&](const char* k) { return recipe.has(key + "." + k); };
   const auto at = [&](const char* k) { return key + "." + k; };
-  // A number's range, checked with its key (the spec, the observer and the
-  // estimator check again, without knowing the recipe).
-  const auto in_range = [&](const char* k,
-                            double v,
-                            double lo,
-                            double hi,
-                            bool lo_open,
-                            const char* range) {
-    if (!((lo_open ? v > lo : v >= lo) && v <= hi))
-      recipe.fail_at(
-          at(k),
-          std::string("must be ") + range + ", got " +
-              recipe.get<std::string>(at(k)));
+  // Numbers read with their type, then checked against their range in the
+  // schema's notation (the spec, the observer and the estimator check again,
+  // without knowing the recipe).
+  const auto integer = [&](const char* k, const char* range) {
+    const auto v = recipe.get<int64_t>(at(k));
+    recipe.check(at(k), std::string("int ") + range);
     return v;
   };
-  const auto integer = [&](const char* k, int64_t lo, int64_t hi) {
-    const auto v = recipe.get<int64_t>(at(k));
-    const std::string range =
-        "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
-    in_range(k, static_cast<double>(v), lo, hi, false, range.c_str());
+  const auto real = [&](const char* k, const char* range) {
+    const auto v = recipe.get<double>(at(k));
+    recipe.check(at(k), std::string("float ") + range);
     return v;
   };
   QuantSpec spec = options.spec();
@@ -114,7 +105,7 @@ FakeQuantizerOptions quantizer(
       spec.bits(8);
   }
   if (has("bits"))
-    spec.bits(static_cast<int>(integer("bits", 2, 8)));
+    spec.bits(static_cast<int>(integer("bits", "in [2, 8]")));
   if (has("signed"))
     spec.is_signed(recipe.get<bool>(at("signed")));
   if (has("symmetric"))
@@ -138,9 +129,9 @@ FakeQuantizerOptions quantizer(
           {"per_token", Granularity::per_token}}}));
   }
   if (has("axis")) // no layer of qat's has more than 8 dimensions
-    spec.axis(integer("axis", -8, 7));
+    spec.axis(integer("axis", "in [-8, 7]"));
   if (has("group_size")) // 0: none (not per_group)
-    spec.group_size(integer("group_size", 0, int64_t{1} << 30));
+    spec.group_size(integer("group_size", "in [0, 1073741824]"));
   if (has("dynamic"))
     spec.dynamic(recipe.get<bool>(at("dynamic")));
   try {
@@ -160,20 +151,12 @@ FakeQuantizerOptions quantizer(
           {"percentile", ObserverKind::percentile},
           {"mse", ObserverKind::mse}}}));
   }
-  const auto real = [&](const char* k) { return recipe.get<double>(at(k)); };
   if (has("averaging_constant"))
-    observer.averaging_constant(in_range(
-        "averaging_constant",
-        real("averaging_constant"),
-        0,
-        1,
-        true,
-        "in (0, 1]"));
+    observer.averaging_constant(real("averaging_constant", "in (0, 1]"));
   if (has("percentile"))
-    observer.percentile(in_range(
-        "percentile", real("percentile"), 50, 100, true, "in (50, 100]"));
+    observer.percentile(real("percentile", "in (50, 100]"));
   if (has("mse_steps"))
-    observer.mse_steps(integer("mse_steps", 1, 10000));
+    observer.mse_steps(integer("mse_steps", "in [1, 10000]"));
   options.observer(observer);
   if (has("estimator")) {
     options.estimator(parse_name<Estimator, 4>(
@@ -185,8 +168,7 @@ FakeQuantizerOptions quantizer(
           {"pact", Estimator::pact}}}));
   }
   if (has("pact_alpha"))
-    options.pact_alpha(in_range(
-        "pact_alpha", real("pact_alpha"), 0, 1e30, true, "in (0, 1e30]"));
+    options.pact_alpha(real("pact_alpha", "in (0, 1e30]"));
   return options;
 }
 

@@ -755,6 +755,13 @@ YAML::Node Recipe::load_schema(const std::string& path) {
   return schema;
 }
 
+void Recipe::check(const std::string& key, const std::string& rule) const {
+  const YAML::Node value = node(key);
+  if (!value)
+    fail_at(key, "missing");
+  check_leaf(*this, value, parse_leaf(YAML::Node(rule), key, "rule"), key);
+}
+
 void Recipe::check(const YAML::Node& schema) const {
   std::function<void(const YAML::Node&, const YAML::Node&, const std::string&)>
       walk = [&](const YAML::Node& value,

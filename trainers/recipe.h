@@ -55,6 +55,9 @@ class Recipe {
   // Unknown keys, values of the wrong type and numbers out of their range are
   // errors naming where they were set, with the closest known key suggested.
   void check(const YAML::Node& schema) const;
+  // The value at `key` against one rule in the schema's notation ("int in
+  // [2, 8]"), for keys the schema cannot reach (inside a quant: map).
+  void check(const std::string& key, const std::string& rule) const;
 
   bool has(const std::string& key) const;
   // The keys of the map at `key`, or "0".."n-1" for a list (items are
