@@ -860,7 +860,8 @@ struct Job::State {
 
   // Everything a run of `stages` reads from the recipe alone, checked before
   // the first stage starts: a bad value for the last stage costs no training.
-  void preflight(const std::vector<std::string>& stages) {
+  // Returns the schemes the ptq and qat stages will prepare.
+  std::set<std::string> preflight(const std::vector<std::string>& stages) {
     const std::vector<std::string> known = {
         "float", "ptq", "qat", "eval", "export"};
     for (const auto& stage : stages) {
@@ -883,6 +884,7 @@ struct Job::State {
       if (load.empty() && recipe.get<int64_t>("trainer.float.steps") > 0)
         LoopConfig::read(recipe, "trainer.float");
     }
+    std::set<std::string> schemes;
     for (const char* stage : {"ptq", "qat"}) {
       if (!runs(stage))
         continue;
@@ -890,8 +892,10 @@ struct Job::State {
       if (std::string(stage) == "qat")
         LoopConfig::read(recipe, key);
       for (const auto& name :
-           recipe.get<std::vector<std::string>>(key + ".schemes"))
+           recipe.get<std::vector<std::string>>(key + ".schemes")) {
         scheme(name);
+        schemes.insert(name);
+      }
     }
     if (runs("export")) {
       export_format();
@@ -907,6 +911,7 @@ struct Job::State {
                   "(trainer.qat.schemes: " + join_names(trained) + ")");
       }
     }
+    return schemes;
   }
 
   void float_stage() {
@@ -1287,20 +1292,12 @@ ExportSizes Job::export_checkpoint(
 std::string Job::check() {
   auto& s = *state_;
   const auto stages = s.recipe.get<std::vector<std::string>>("trainer.stages");
-  s.preflight(stages);
+  const auto schemes = s.preflight(stages);
   torch::manual_seed(s.seed);
   s.float_model = s.build_model();
   std::ostringstream out;
   out << "recipe: stages " << join_names(stages) << "; model "
       << s.recipe.get<std::string>("model.type") << "\n";
-  std::set<std::string> schemes;
-  for (const char* stage : {"ptq", "qat"}) {
-    if (std::find(stages.begin(), stages.end(), stage) != stages.end()) {
-      for (const auto& name : s.recipe.get<std::vector<std::string>>(
-               std::string("trainer.") + stage + ".schemes"))
-        schemes.insert(name);
-    }
-  }
   for (const auto& name : schemes) {
     auto model = s.copy_of_float(name);
     s.calibrate_model(*model, 1); // the specs meet the layers' shapes
