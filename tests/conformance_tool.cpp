@@ -8,8 +8,8 @@
 //                      multiple of 32), write NAME.q8_0 / NAME.q4_0 (the
 //                      stored GGUF blocks, uint8) and NAME.fq_q8_0 /
 //                      NAME.fq_q4_0 (qat::fake_quant_gguf of it)
-//   llama DIR IN OUT   load the Hugging Face Llama checkpoint in DIR
-//                      (config.json, model.safetensors) into qat's decoder;
+//   llama DIR IN OUT   load the Hugging Face checkpoint folder DIR (Llama,
+//                      Mistral, Qwen2, Qwen3; sharded or not) into qat's decoder;
 //                      for IN's int64 "tokens" [batch, time] write "logits"
 //                      (one forward), "cached_logits" (the first half in one
 //                      forward, then one token at a time through the KV cache)
@@ -78,6 +78,7 @@
 #include "qat/prepare.h"
 #include "trainers/data/bpe.h"
 #include "trainers/models/classifiers.h"
+#include "trainers/models/hf_architectures.h"
 #include "trainers/models/llama.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/models/weights.h"
@@ -122,8 +123,7 @@ void gguf(const char* in_path, const char* out_path) {
 
 void llama(const std::string& dir, const char* in_path, const char* out_path) {
   using namespace qat::models;
-  LlamaForCausalLM lm(LlamaConfig::from_hf_json(dir + "/config.json"));
-  load_weights(*lm, dir + "/model.safetensors");
+  LlamaForCausalLM lm = load_hf_model(dir);
   lm->eval();
   torch::NoGradGuard no_grad;
   const torch::Tensor tokens =

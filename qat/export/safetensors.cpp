@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <stdexcept>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "qat/export/atomic_file.h"
 
@@ -131,22 +135,20 @@ const char* dtype_name(torch::ScalarType dtype) {
 }
 
 File File::read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in)
-    fail(path, "cannot open: " + std::string(std::strerror(errno)));
-  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
-  in.seekg(0);
+  File file;
+  file.path_ = path;
+  file.mapping_ = std::make_shared<const Mapping>(path);
+  const uint64_t file_size = file.mapping_->size;
   if (file_size < 8) {
     fail(
         path,
         "truncated: " + std::to_string(file_size) +
             " bytes, shorter than the 8-byte header length");
   }
-  unsigned char length_bytes[8];
-  in.read(reinterpret_cast<char*>(length_bytes), 8);
+  const auto* bytes = static_cast<const unsigned char*>(file.mapping_->address);
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i)
-    header_size = (header_size << 8) | length_bytes[i];
+    header_size = (header_size << 8) | bytes[i];
   if (header_size > kMaxHeaderBytes || header_size > file_size - 8) {
     fail(
         path,
@@ -154,16 +156,10 @@ File File::read(const std::string& path) {
             " does not fit the file (" + std::to_string(file_size) +
             " bytes) or exceeds the 100 MB limit");
   }
-  std::string header(header_size, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header_size));
-
-  File file;
-  file.path_ = path;
+  const std::string header(
+      reinterpret_cast<const char*>(bytes) + 8, header_size);
   const uint64_t data_size = file_size - 8 - header_size;
-  file.data_.resize(data_size);
-  in.read(file.data_.data(), static_cast<std::streamsize>(data_size));
-  if (!in)
-    fail(path, "read error while loading the data section");
+  file.data_ = reinterpret_cast<const char*>(bytes) + 8 + header_size;
 
   nlohmann::json json;
   try {
@@ -228,8 +224,57 @@ const TensorInfo& File::info(const std::string& name) const {
 torch::Tensor File::tensor(const std::string& name) const {
   const TensorInfo& i = info(name);
   torch::Tensor out = torch::empty(i.shape, torch::dtype(i.dtype));
-  std::memcpy(out.data_ptr(), data_.data() + i.begin, i.end - i.begin);
+  std::memcpy(out.data_ptr(), data_ + i.begin, i.end - i.begin);
   return out;
+}
+
+torch::Tensor File::mapped(const std::string& name) const {
+  const TensorInfo& i = info(name);
+  // The tensor keeps the mapping alive; the pages are read-only.
+  auto keep = mapping_;
+  return torch::from_blob(
+      const_cast<char*>(data_ + i.begin),
+      i.shape,
+      [keep](void*) {},
+      torch::dtype(i.dtype));
+}
+
+void File::release(const std::string& name) const {
+  const TensorInfo& i = info(name);
+  // Only whole pages inside the tensor: a neighbour may still be in use.
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data_ + i.begin);
+  const auto end = reinterpret_cast<uintptr_t>(data_ + i.end);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = end / page * page;
+  if (last > first)
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+Mapping::Mapping(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    fail(path, "cannot open: " + std::string(std::strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path, "not a regular file");
+  }
+  size = static_cast<uint64_t>(st.st_size);
+  if (size > 0) {
+    address = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (address == MAP_FAILED) {
+      const int error = errno;
+      ::close(fd);
+      fail(path, "cannot map: " + std::string(std::strerror(error)));
+    }
+  }
+  ::close(fd);
+}
+
+Mapping::~Mapping() {
+  if (address && address != MAP_FAILED)
+    munmap(address, size);
 }
 
 void write(

@@ -18,11 +18,23 @@
 #include <torch/types.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace qat::safetensors {
+
+// A file mapped read-only into memory (the whole file; pages are read from
+// disk when first touched, so a multi-GB checkpoint costs no buffer).
+struct Mapping {
+  explicit Mapping(const std::string& path);
+  ~Mapping();
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  void* address = nullptr;
+  uint64_t size = 0;
+};
 
 struct TensorInfo {
   torch::ScalarType dtype;
@@ -32,8 +44,9 @@ struct TensorInfo {
 
 class File {
  public:
-  // Reads and validates the whole file; throws std::runtime_error naming the
-  // file and what is wrong.
+  // Maps the file and validates its header and every tensor's byte range;
+  // throws std::runtime_error naming the file and what is wrong. The data is
+  // not read until a tensor is asked for.
   static File read(const std::string& path);
 
   const std::string& path() const {
@@ -49,13 +62,21 @@ class File {
   const TensorInfo& info(const std::string& name) const;
   // A CPU tensor owning a copy of the named tensor's data.
   torch::Tensor tensor(const std::string& name) const;
+  // The named tensor in place, in the mapped file: read-only (writing to it
+  // faults), valid as long as the tensor lives. Copying it into a parameter
+  // with copy_() converts its dtype without a second buffer.
+  torch::Tensor mapped(const std::string& name) const;
+  // Drops the tensor's pages from memory (they are read again if touched):
+  // after copying a tensor out, the file's pages do not add to the peak.
+  void release(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const {
     return metadata_;
   }
 
  private:
   std::string path_;
-  std::vector<char> data_;
+  std::shared_ptr<const Mapping> mapping_;
+  const char* data_ = nullptr; // the data section, in the mapping
   std::vector<std::string> names_;
   std::map<std::string, TensorInfo> infos_;
   std::map<std::string, std::string> metadata_;

@@ -17,9 +17,9 @@ namespace {
   throw std::invalid_argument("LlamaConfig." + field + ": " + why);
 }
 
-QuantLinear linear(int64_t in, int64_t out) {
+QuantLinear linear(int64_t in, int64_t out, bool bias = false) {
   return QuantLinear(
-      torch::nn::LinearOptions(in, out).bias(false), LayerQuantSpecs{});
+      torch::nn::LinearOptions(in, out).bias(bias), LayerQuantSpecs{});
 }
 
 // [x1, x2] -> [-x2, x1] over the last dimension's halves.
@@ -30,6 +30,36 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 
 torch::Tensor apply_rotary(const torch::Tensor& x, const Rotary& r) {
   return x * r.cos + rotate_half(x) * r.sin;
+}
+
+// RoPE's inverse frequencies as transformers computes them, op for op in
+// float32 (modeling_rope_utils.py): theta ^ -(2i / head_dim), then rescaled
+// by the rope type.
+torch::Tensor rope_inverse_frequencies(const LlamaConfig& c) {
+  const int64_t dim = c.attention_head_dim();
+  torch::Tensor inv_freq = 1.0 /
+      torch::pow(c.rope_theta(),
+                 torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) /
+                     static_cast<double>(dim));
+  const RopeScaling& r = c.rope_scaling();
+  if (r.type == "linear")
+    return inv_freq / r.factor;
+  if (r.type != "llama3")
+    return inv_freq;
+  const double old_context =
+      static_cast<double>(r.original_max_position_embeddings);
+  const double low_freq_wavelen = old_context / r.low_freq_factor;
+  const double high_freq_wavelen = old_context / r.high_freq_factor;
+  const torch::Tensor wavelen = 2 * M_PI / inv_freq;
+  torch::Tensor scaled =
+      torch::where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq);
+  const torch::Tensor smooth = (old_context / wavelen - r.low_freq_factor) /
+      (r.high_freq_factor - r.low_freq_factor);
+  const torch::Tensor smoothed =
+      (1 - smooth) * scaled / r.factor + smooth * scaled;
+  const torch::Tensor medium =
+      (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return torch::where(medium, smoothed, scaled);
 }
 
 } // namespace
@@ -73,82 +103,44 @@ void LlamaConfig::validate() const {
     invalid("rope_theta", "must be positive");
   if (!(rms_norm_eps_ > 0.0))
     invalid("rms_norm_eps", "must be positive");
-}
-
-LlamaConfig LlamaConfig::from_hf_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in)
-    throw std::runtime_error(path + ": cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(path + ": not valid JSON: " + e.what());
-  }
-  const auto fail = [&](const std::string& why) {
-    throw std::runtime_error(path + ": " + why);
-  };
-  if (!j.is_object())
-    fail("expected a JSON object");
-  // What this decoder cannot do is refused, not silently ignored.
-  // RoPE: transformers 5 writes "rope_parameters", earlier versions
-  // "rope_theta" and "rope_scaling"; only the default rope type is supported.
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    if (!j.contains(key) || j[key].is_null())
-      continue;
-    const auto& rope = j[key];
-    const std::string type = rope.is_object()
-        ? rope.value("rope_type", rope.value("type", std::string("default")))
-        : std::string("?");
-    if (type != "default") {
-      fail(
-          std::string("'") + key + "' with rope_type '" + type +
-          "' is not supported (only plain RoPE)");
-    }
-  }
-  for (const char* key : {"attention_bias", "mlp_bias"}) {
-    if (j.value(key, false))
-      fail(std::string("'") + key + "': biases are not supported");
-  }
-  if (j.value("hidden_act", std::string("silu")) != "silu")
-    fail("'hidden_act' must be silu (SwiGLU)");
-  LlamaConfig c;
-  try {
-    auto get = [&](const char* key, auto& field, bool required) {
-      if (j.contains(key) && !j[key].is_null())
-        j.at(key).get_to(field);
-      else if (required)
-        fail(std::string("missing '") + key + "'");
-    };
-    get("vocab_size", c.vocab_size_, true);
-    get("hidden_size", c.hidden_size_, true);
-    get("intermediate_size", c.intermediate_size_, true);
-    get("num_hidden_layers", c.num_hidden_layers_, true);
-    get("num_attention_heads", c.num_attention_heads_, true);
-    c.num_key_value_heads_ = c.num_attention_heads_;
-    get("num_key_value_heads", c.num_key_value_heads_, false);
-    get("head_dim", c.head_dim_, false);
-    get("max_position_embeddings", c.max_position_embeddings_, false);
-    get("rope_theta", c.rope_theta_, false);
-    if (j.contains("rope_parameters") && j["rope_parameters"].is_object() &&
-        j["rope_parameters"].contains("rope_theta"))
-      j["rope_parameters"].at("rope_theta").get_to(c.rope_theta_);
-    get("rms_norm_eps", c.rms_norm_eps_, false);
-    get("tie_word_embeddings", c.tie_word_embeddings_, false);
-  } catch (const nlohmann::json::exception& e) {
-    fail(std::string("wrong type: ") + e.what());
-  }
-  try {
-    c.validate();
-  } catch (const std::invalid_argument& e) {
-    fail(e.what());
-  }
-  return c;
+  const RopeScaling& r = rope_scaling_;
+  if (r.type != "default" && r.type != "linear" && r.type != "llama3")
+    invalid("rope_scaling", "unknown rope type '" + r.type + "'");
+  if (r.type != "default" && !(r.factor > 0.0))
+    invalid("rope_scaling.factor", "must be positive");
+  if (r.type == "llama3" &&
+      (r.original_max_position_embeddings <= 0 || !(r.low_freq_factor > 0) ||
+       !(r.high_freq_factor > r.low_freq_factor)))
+    invalid(
+        "rope_scaling",
+        "llama3 needs original_max_position_embeddings > 0 and "
+        "high_freq_factor > low_freq_factor > 0");
+  if (sliding_window_ < 0)
+    invalid("sliding_window", "must be 0 (none) or positive");
 }
 
 std::string LlamaConfig::hf_json() const {
+  if (!hf_source_json_.empty()) {
+    // The model's own config.json, as float32 weights now.
+    auto j = nlohmann::json::parse(hf_source_json_);
+    j.erase("quantization_config");
+    j["torch_dtype"] = "float32";
+    if (j.contains("dtype"))
+      j["dtype"] = "float32";
+    return j.dump(2) + "\n";
+  }
+  nlohmann::json rope = {
+      {"rope_type", rope_scaling_.type}, {"rope_theta", rope_theta_}};
+  if (rope_scaling_.type != "default")
+    rope["factor"] = rope_scaling_.factor;
+  if (rope_scaling_.type == "llama3") {
+    rope["low_freq_factor"] = rope_scaling_.low_freq_factor;
+    rope["high_freq_factor"] = rope_scaling_.high_freq_factor;
+    rope["original_max_position_embeddings"] =
+        rope_scaling_.original_max_position_embeddings;
+  }
   const nlohmann::json j = {
-      {"architectures", {"LlamaForCausalLM"}},
+      {"architectures", {architecture_}},
       {"model_type", "llama"},
       {"vocab_size", vocab_size_},
       {"hidden_size", hidden_size_},
@@ -159,13 +151,12 @@ std::string LlamaConfig::hf_json() const {
       {"head_dim", attention_head_dim()},
       {"max_position_embeddings", max_position_embeddings_},
       {"rope_theta", rope_theta_},
-      {"rope_parameters",
-       {{"rope_type", "default"}, {"rope_theta", rope_theta_}}},
+      {"rope_parameters", rope},
       {"rms_norm_eps", rms_norm_eps_},
       {"tie_word_embeddings", tie_word_embeddings_},
       {"hidden_act", "silu"},
-      {"attention_bias", false},
-      {"mlp_bias", false},
+      {"attention_bias", qkv_bias_},
+      {"mlp_bias", mlp_bias_},
       {"torch_dtype", "float32"}};
   return j.dump(2) + "\n";
 }
@@ -213,14 +204,19 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
     : heads_(c.num_attention_heads()),
       kv_heads_(c.num_key_value_heads()),
       head_dim_(c.attention_head_dim()) {
-  q_proj =
-      register_module("q_proj", linear(c.hidden_size(), heads_ * head_dim_));
-  k_proj =
-      register_module("k_proj", linear(c.hidden_size(), kv_heads_ * head_dim_));
-  v_proj =
-      register_module("v_proj", linear(c.hidden_size(), kv_heads_ * head_dim_));
-  o_proj =
-      register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size()));
+  const int64_t hidden = c.hidden_size();
+  q_proj = register_module(
+      "q_proj", linear(hidden, heads_ * head_dim_, c.qkv_bias()));
+  k_proj = register_module(
+      "k_proj", linear(hidden, kv_heads_ * head_dim_, c.qkv_bias()));
+  v_proj = register_module(
+      "v_proj", linear(hidden, kv_heads_ * head_dim_, c.qkv_bias()));
+  o_proj = register_module(
+      "o_proj", linear(heads_ * head_dim_, hidden, c.o_proj_bias()));
+  if (c.qk_norm()) {
+    q_norm = register_module("q_norm", RMSNorm(head_dim_, c.rms_norm_eps()));
+    k_norm = register_module("k_norm", RMSNorm(head_dim_, c.rms_norm_eps()));
+  }
 }
 
 torch::Tensor LlamaAttentionImpl::forward(
@@ -229,12 +225,19 @@ torch::Tensor LlamaAttentionImpl::forward(
     torch::Tensor* keys,
     torch::Tensor* values) {
   const int64_t batch = x.size(0), time = x.size(1);
-  auto heads = [&](const torch::Tensor& t, int64_t n) {
-    return t.view({batch, time, n, head_dim_}).transpose(1, 2);
+  // [batch, time, n * head_dim] -> [batch, n, time, head_dim], normalised
+  // per head first where the architecture says so.
+  auto heads = [&](const torch::Tensor& t, int64_t n, RMSNorm& norm) {
+    torch::Tensor h = t.view({batch, time, n, head_dim_});
+    if (!norm.is_empty())
+      h = norm(h);
+    return h.transpose(1, 2);
   };
-  const torch::Tensor q = apply_rotary(heads(q_proj(x), heads_), rotary);
-  torch::Tensor k = apply_rotary(heads(k_proj(x), kv_heads_), rotary);
-  torch::Tensor v = heads(v_proj(x), kv_heads_);
+  RMSNorm none{nullptr};
+  const torch::Tensor q =
+      apply_rotary(heads(q_proj(x), heads_, q_norm), rotary);
+  torch::Tensor k = apply_rotary(heads(k_proj(x), kv_heads_, k_norm), rotary);
+  torch::Tensor v = heads(v_proj(x), kv_heads_, none);
   const int64_t past = keys && keys->defined() ? keys->size(2) : 0;
   if (keys) {
     k = past ? torch::cat({*keys, k}, 2) : k;
@@ -267,11 +270,13 @@ torch::Tensor LlamaAttentionImpl::forward(
 
 LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c) {
   gate_proj = register_module(
-      "gate_proj", linear(c.hidden_size(), c.intermediate_size()));
+      "gate_proj",
+      linear(c.hidden_size(), c.intermediate_size(), c.mlp_bias()));
   up_proj = register_module(
-      "up_proj", linear(c.hidden_size(), c.intermediate_size()));
+      "up_proj", linear(c.hidden_size(), c.intermediate_size(), c.mlp_bias()));
   down_proj = register_module(
-      "down_proj", linear(c.intermediate_size(), c.hidden_size()));
+      "down_proj",
+      linear(c.intermediate_size(), c.hidden_size(), c.mlp_bias()));
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
@@ -312,17 +317,17 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) : config_(c) {
   for (int64_t i = 0; i < c.num_hidden_layers(); ++i)
     layers->push_back(LlamaDecoderLayer(c));
   norm = register_module("norm", RMSNorm(c.hidden_size(), c.rms_norm_eps()));
-  // Hugging Face's rule, in float32: theta ^ -(2i / head_dim).
-  const int64_t dim = c.attention_head_dim();
-  inv_freq_ = 1.0 /
-      torch::pow(c.rope_theta(),
-                 torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) /
-                     static_cast<double>(dim));
-  // Initialisation as Hugging Face's LlamaPreTrainedModel: N(0, 0.02).
+  inv_freq_ = rope_inverse_frequencies(c);
+  // Initialisation as Hugging Face's LlamaPreTrainedModel: N(0, 0.02),
+  // biases 0.
   torch::NoGradGuard no_grad;
-  for (auto& p : parameters()) {
-    if (p.dim() == 2)
-      p.normal_(0.0, 0.02);
+  for (auto& p : named_parameters()) {
+    if (p.value().dim() == 2)
+      p.value().normal_(0.0, 0.02);
+    else if (
+        p.key().size() > 5 &&
+        p.key().compare(p.key().size() - 5, 5, ".bias") == 0)
+      p.value().zero_();
   }
 }
 
@@ -346,6 +351,13 @@ torch::Tensor LlamaModelImpl::forward(
   }
   const int64_t past = cache ? cache->length() : 0;
   const int64_t time = tokens.size(1);
+  if (config_.sliding_window() > 0 && past + time > config_.sliding_window()) {
+    throw std::invalid_argument(
+        "LlamaModel: positions up to " + std::to_string(past + time) +
+        " exceed the sliding_window of " +
+        std::to_string(config_.sliding_window()) +
+        ", which this decoder does not compute");
+  }
   if (past + time > config_.max_position_embeddings()) {
     throw std::invalid_argument(
         "LlamaModel: positions up to " + std::to_string(past + time) +

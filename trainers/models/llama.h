@@ -38,6 +38,23 @@
 
 namespace qat::models {
 
+// How RoPE's frequencies are rescaled for contexts longer than pretraining's
+// (config.json's rope_scaling / rope_parameters), as transformers computes
+// them: "default" (none), "linear" (every frequency / factor) or "llama3"
+// (Llama 3.1's: low frequencies / factor, high ones kept, a smooth ramp
+// between, by wavelength against original_max_position_embeddings).
+struct RopeScaling {
+  std::string type = "default";
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;
+};
+
+// The decoder's shape and its architecture's options. One implementation
+// serves Llama 2/3 (rope scaling, optional biases), Mistral (a sliding window,
+// allowed only where it spans the whole context), Qwen2 (q/k/v biases) and
+// Qwen3 (per-head q/k RMSNorm); trainers/models/hf_architectures.cpp reads
+// each from a Hugging Face config.json.
 struct LlamaConfig {
   TORCH_ARG(int64_t, vocab_size) = 256;
   TORCH_ARG(int64_t, hidden_size) = 128;
@@ -51,6 +68,24 @@ struct LlamaConfig {
   TORCH_ARG(double, rope_theta) = 10000.0;
   TORCH_ARG(double, rms_norm_eps) = 1e-5;
   TORCH_ARG(bool, tie_word_embeddings) = true;
+  // Hugging Face's architectures[0], written back on export.
+  TORCH_ARG(std::string, architecture) = "LlamaForCausalLM";
+  // Biases on q_proj / k_proj / v_proj (Qwen2; Llama's attention_bias), on
+  // o_proj (Llama's attention_bias) and on the MLP (Llama's mlp_bias).
+  TORCH_ARG(bool, qkv_bias) = false;
+  TORCH_ARG(bool, o_proj_bias) = false;
+  TORCH_ARG(bool, mlp_bias) = false;
+  // RMSNorm over each head's queries and keys before RoPE (Qwen3):
+  // self_attn.q_norm, self_attn.k_norm.
+  TORCH_ARG(bool, qk_norm) = false;
+  TORCH_ARG(RopeScaling, rope_scaling);
+  // Keys older than this many positions are not attended to (Mistral); 0 for
+  // none. This decoder attends to the whole context, so a forward longer
+  // than the window is refused rather than computed differently.
+  TORCH_ARG(int64_t, sliding_window) = 0;
+  // The config.json the model came from, if any: exports write it back (with
+  // float32 as the dtype) so that every key the model had survives.
+  TORCH_ARG(std::string, hf_source_json) = "";
 
  public:
   int64_t attention_head_dim() const {
@@ -58,9 +93,10 @@ struct LlamaConfig {
   }
   // Throws std::invalid_argument naming the field.
   void validate() const;
-  // Hugging Face's config.json for LlamaForCausalLM (its key names). Features
-  // this decoder does not have (rope_scaling, attention or MLP biases, an
-  // activation other than silu) are refused by name, not ignored.
+  // A Hugging Face config.json (trainers/models/hf_architectures.cpp): the
+  // architectures named in hf_architectures(); anything this decoder does not
+  // compute (another architecture, rope type or activation, MoE) is refused
+  // naming the key, not ignored.
   static LlamaConfig from_hf_json(const std::string& path);
   std::string hf_json() const;
   // Writes hf_json() atomically.
@@ -103,6 +139,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
       torch::Tensor* values);
   QuantLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr},
       o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr}; // with qk_norm only
 
  private:
   int64_t heads_, kv_heads_, head_dim_;

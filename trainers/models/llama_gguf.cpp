@@ -139,6 +139,15 @@ GgufExportReport save_llama_gguf(
     const std::string& name,
     const gguf::File* tokenizer_source) {
   const auto& c = model.config();
+  // llama.cpp's "llama" architecture has none of these; the others (qwen2,
+  // qwen3, rope_freqs for llama3 scaling) are not written yet.
+  if (c.qkv_bias() || c.o_proj_bias() || c.mlp_bias() || c.qk_norm() ||
+      c.rope_scaling().type != "default") {
+    throw std::invalid_argument(
+        "GGUF export writes llama.cpp's llama architecture (no biases, q/k "
+        "norms or rope scaling); " +
+        c.architecture() + " with these is not supported yet");
+  }
   gguf::Writer w;
   using gguf::Value;
   w.set("general.architecture", Value::of(std::string("llama")));

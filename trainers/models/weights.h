@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "qat/export/safetensors.h"
+
 namespace qat::models {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
@@ -25,12 +27,48 @@ void save_weights(
     const std::string& path,
     const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
-// Loads every float weight of `model` from `path` by name, converting the
-// dtype (bf16 / fp16 checkpoints load into float32 models). File tensors for
+// The safetensors files of one checkpoint, memory-mapped: one file, or a
+// Hugging Face folder with model.safetensors or with
+// model.safetensors.index.json and its shards. Every shard is opened (and
+// its header checked) up front; errors name the index or shard at fault.
+class WeightFiles {
+ public:
+  // A .safetensors file or a checkpoint folder.
+  static WeightFiles open(const std::string& path);
+  const std::vector<std::string>& names() const {
+    return names_;
+  }
+  bool contains(const std::string& name) const {
+    return where_.count(name) != 0;
+  }
+  const safetensors::TensorInfo& info(const std::string& name) const {
+    return file_of(name).info(name);
+  }
+  const safetensors::File& file_of(const std::string& name) const;
+  // The index or the single file (what errors name).
+  const std::string& origin() const {
+    return origin_;
+  }
+
+ private:
+  std::vector<safetensors::File> files_;
+  std::map<std::string, size_t> where_;
+  std::vector<std::string> names_;
+  std::string origin_;
+};
+
+// Loads every float weight of `model` from `files` by name, converting the
+// dtype (bf16 / fp16 checkpoints load into float32 models) tensor by tensor
+// from the mapped files, so that loading needs little beyond the model. File tensors for
 // which `ignore(name)` is true are skipped. Everything is checked before
 // anything is copied: a missing or unexpected tensor or a shape mismatch
 // throws std::runtime_error naming the file and the tensors, and leaves the
 // model as it was.
+void load_weights(
+    torch::nn::Module& model,
+    const WeightFiles& files,
+    const std::function<bool(const std::string&)>& ignore = {});
+// The same for WeightFiles::open(path).
 void load_weights(
     torch::nn::Module& model,
     const std::string& path,
