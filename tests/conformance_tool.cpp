@@ -60,6 +60,14 @@
 //                      the same for the GGUF llama model GGUF (SmolLM2) with
 //                      every Linear layer at PRESET (w8a8_int8, fp8_e4m3),
 //                      "tokens" a tokenized English sentence
+//   tokenize-data TYPE PATH MODEL_DIR OUT
+//                      the documents of data.type TYPE (text, jsonl, chat) at
+//                      PATH, tokenized with the Hugging Face folder MODEL_DIR's
+//                      tokenizer as the corpus stores them: OUT is JSONL of
+//                      {"ids": [...], "trained": [0/1...]} per document
+//   multiple-choice MODEL_DIR JSONL OUT
+//                      each example's per-choice log-likelihoods under the
+//                      Hugging Face model MODEL_DIR (JSON list of lists)
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
@@ -77,6 +85,8 @@
 #include "qat/export/safetensors.h"
 #include "qat/prepare.h"
 #include "trainers/data/bpe.h"
+#include "trainers/data/sources.h"
+#include "trainers/eval/multiple_choice.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/hf_architectures.h"
 #include "trainers/models/llama.h"
@@ -558,6 +568,51 @@ void compressed_tensors_gguf(
 
 } // namespace
 
+void tokenize_data(
+    const std::string& type,
+    const std::string& path,
+    const std::string& model_dir,
+    const char* out_path) {
+  const auto tokenizer = qat::data::hf_tokenizer(model_dir);
+  qat::data::SourceOptions options;
+  options.path = path;
+  options.documents = "paragraphs";
+  const auto source = qat::data::make_document_source(type, options, tokenizer);
+  std::ofstream out(out_path);
+  source->for_each([&](qat::data::Document&& doc) {
+    std::string ids, trained;
+    qat::data::tokenize_document(doc, *tokenizer, [&](int64_t id, bool t) {
+      ids += (ids.empty() ? "" : ",") + std::to_string(id);
+      trained += (trained.empty() ? "" : ",") + std::string(t ? "1" : "0");
+    });
+    out << "{\"ids\": [" << ids << "], \"trained\": [" << trained << "]}\n";
+  });
+}
+
+void multiple_choice(
+    const std::string& model_dir,
+    const std::string& path,
+    const char* out_path) {
+  const auto tokenizer = qat::data::hf_tokenizer(model_dir);
+  auto lm = qat::models::load_hf_model(model_dir);
+  lm->eval();
+  const auto task = qat::train::MultipleChoiceTask::load(path, *tokenizer);
+  const auto ll =
+      task.log_likelihoods([&](const torch::Tensor& ids) { return lm(ids); });
+  std::ofstream out(out_path);
+  out << "[";
+  for (size_t i = 0; i < ll.size(); ++i) {
+    out << (i ? ", [" : "[");
+    for (size_t c = 0; c < ll[i].size(); ++c) {
+      char v[40];
+      std::snprintf(v, sizeof v, "%.17g", ll[i][c]);
+      out << (c ? ", " : "") << v;
+    }
+    out << "]";
+  }
+  out << "]\n";
+}
+
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
   const std::map<std::string, int> arguments = {
@@ -571,7 +626,9 @@ int main(int argc, char** argv) {
       {"gguf-quantize", 3},
       {"evaluate-gguf", 4},
       {"compressed-tensors", 3},
-      {"compressed-tensors-gguf", 4}};
+      {"compressed-tensors-gguf", 4},
+      {"tokenize-data", 4},
+      {"multiple-choice", 3}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
@@ -615,6 +672,10 @@ int main(int argc, char** argv) {
       gguf_quantize(argv[2], argv[3], argv[4]);
     else if (command == "evaluate-gguf")
       evaluate_gguf(argv[2], argv[3], argv[4], argv[5]);
+    else if (command == "tokenize-data")
+      tokenize_data(argv[2], argv[3], argv[4], argv[5]);
+    else if (command == "multiple-choice")
+      multiple_choice(argv[2], argv[3], argv[4]);
     else if (command == "compressed-tensors")
       compressed_tensors(argv[2], argv[3], argv[4]);
     else

@@ -6,13 +6,15 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "trainers/data/bpe.h"
+#include "trainers/data/corpus.h"
 #include "trainers/data/datasets.h"
+#include "trainers/data/sources.h"
 #include "trainers/data/text.h"
 #include "trainers/error_text.h"
+#include "trainers/eval/multiple_choice.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama.h"
-#include "trainers/models/llama_gguf.h"
+#include "trainers/models/sources.h"
 
 namespace qat::train {
 namespace F = torch::nn::functional;
@@ -222,6 +224,40 @@ class ImageTask final : public Task {
   mutable int64_t cached_epoch_ = -1;
 };
 
+// A data file as given, or in qat's data cache (where scripts/setup.sh puts
+// the packaged text).
+std::string data_path(const std::string& path) {
+  if (std::filesystem::exists(path) ||
+      std::filesystem::path(path).is_absolute() ||
+      path.find_first_of("*?[") != std::string::npos)
+    return path;
+  const auto cached = std::filesystem::path(data::data_cache_dir()) / path;
+  return std::filesystem::exists(cached) ? cached.string() : path;
+}
+
+// Windows of tokens, with the mask that says which targets count.
+torch::Tensor window_tensor(
+    const data::TokenArray& tokens,
+    const torch::Tensor& starts,
+    int64_t length,
+    bool mask) {
+  const int64_t batch = starts.size(0);
+  torch::Tensor out = torch::empty({batch, length + 1}, torch::kLong);
+  auto* o = out.data_ptr<int64_t>();
+  const auto* s = starts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i <= length; ++i)
+      o[b * (length + 1) + i] =
+          mask ? tokens.trained(s[b] + i) : tokens.token(s[b] + i);
+  return out;
+}
+
+// The text tasks: a language model from model.type (trainers/models/
+// sources.h) on the King James Bible (data.name kjv) or on the user's data
+// (data.type text | jsonl | chat | tokens at data.path); next-token
+// cross-entropy over the targets the data marks (all, or the assistant's
+// turns of a chat), perplexity per token (per byte for the byte model), and
+// the multiple-choice tasks of eval.multiple_choice.
 class TextTask final : public Task {
  public:
   TextTask(
@@ -237,81 +273,50 @@ class TextTask final : public Task {
     context_ = recipe.get<int64_t>("data.context");
     eval_windows_ = recipe.get<int64_t>("data.eval_windows", 256);
     const double held_out = recipe.get<double>("data.held_out", 0.05);
-    torch::Tensor train, held;
-    if (recipe.get<std::string>("model.type") == "gguf") {
-      // A pretrained model brings its own tokenizer.
-      const auto path = model_path();
-      pretrained_ = std::make_shared<gguf::File>(gguf::File::read(path));
-      bpe_ = std::make_shared<data::BpeTokenizer>(
-          data::BpeTokenizer::from_gguf(*pretrained_));
-      const auto ids = bpe_->encode(data::kjv_text());
-      const auto tokens = torch::tensor(ids, torch::kLong);
-      const auto n_held =
-          static_cast<int64_t>(static_cast<double>(tokens.numel()) * held_out);
-      train = tokens.narrow(0, 0, tokens.numel() - n_held);
-      held = tokens.narrow(0, tokens.numel() - n_held, n_held);
-    } else {
-      const auto kjv = data::load_kjv(held_out);
-      train = kjv.train;
-      held = kjv.validation;
-    }
-    // Held-out text: its first half validates, its second half tests.
-    train_ = train.to(device);
-    const int64_t half = held.numel() / 2;
-    validation_ = held.narrow(0, 0, half).to(device);
-    test_ = held.narrow(0, half, held.numel() - half).to(device);
-    const int64_t shortest = std::min(train_.numel(), validation_.numel());
+    model_ = models::make_language_model(recipe, context_);
+    tokenizer_ = model_->tokenizer();
+    load_data(held_out);
+    const int64_t shortest = std::min(train_.size(), validation_.size());
     if (context_ >= shortest)
       recipe.fail_at(
           "data.context",
           std::to_string(context_) + " tokens per window, but the " +
-              (shortest == train_.numel() ? "training" : "validation") +
-              " text has " + std::to_string(shortest) +
+              (shortest == train_.size() ? "training" : "validation") +
+              " data has " + std::to_string(shortest) +
               " (data.held_out: " + std::to_string(held_out) + ")");
+    for (const auto& path :
+         recipe.get<std::vector<std::string>>("eval.multiple_choice", {})) {
+      try {
+        choice_tasks_.push_back(
+            MultipleChoiceTask::load(data_path(path), *tokenizer_, context_));
+      } catch (const std::exception& e) {
+        recipe.fail_at("eval.multiple_choice", error_text(e));
+      }
+    }
     std::printf(
-        "data: kjv, %lld train / %lld validation / %lld test %s, context %lld\n",
-        static_cast<long long>(train_.numel()),
-        static_cast<long long>(validation_.numel()),
-        static_cast<long long>(test_.numel()),
-        bpe_ ? "tokens" : "bytes",
-        static_cast<long long>(context_));
+        "data: %s, %lld train / %lld validation / %lld test %s, context %lld; "
+        "model %s\n",
+        data_name_.c_str(),
+        static_cast<long long>(train_.size()),
+        static_cast<long long>(validation_.size()),
+        static_cast<long long>(test_.size()),
+        bytes_ ? "bytes" : "tokens",
+        static_cast<long long>(context_),
+        model_->describe().c_str());
   }
 
   Model build_model() const override {
-    const auto type = recipe_.get<std::string>("model.type");
-    Model model;
-    if (type == "gguf") {
-      model = models::load_llama_gguf(*pretrained_).ptr();
-    } else if (type == "llama") {
-      auto config = models::LlamaConfig()
-                        .vocab_size(data::ByteTokenizer::kVocabSize)
-                        .hidden_size(recipe_.get<int64_t>("model.hidden_size"))
-                        .intermediate_size(
-                            recipe_.get<int64_t>("model.intermediate_size"))
-                        .num_hidden_layers(
-                            recipe_.get<int64_t>("model.num_hidden_layers"))
-                        .num_attention_heads(
-                            recipe_.get<int64_t>("model.num_attention_heads"))
-                        .num_key_value_heads(
-                            recipe_.get<int64_t>("model.num_key_value_heads"))
-                        .max_position_embeddings(context_);
-      try {
-        config.validate();
-      } catch (const std::exception& e) {
-        recipe_.fail_at("model", error_text(e));
-      }
-      model = std::make_shared<models::LlamaForCausalLMImpl>(config);
-    } else {
-      recipe_.fail_at(
-          "model.type",
-          "'" + type + "' is no language model; expected llama or gguf");
-    }
+    Model model = model_->build().ptr();
     model->to(device_);
     return model;
   }
 
-  const gguf::File* gguf_source() const override {
-    return pretrained_.get();
+  bool pretrained() const override {
+    return model_->pretrained();
+  }
+
+  const models::LanguageModelSource* language_model() const override {
+    return model_.get();
   }
 
   std::string sample(
@@ -319,22 +324,15 @@ class TextTask final : public Task {
       const std::string& prompt,
       int64_t tokens) const override {
     auto& lm = dynamic_cast<models::LlamaForCausalLMImpl&>(model);
-    const std::vector<int64_t> ids = bpe_ ? bpe_->encode(prompt) : [&] {
-      const auto bytes = data::ByteTokenizer().encode(prompt);
-      return std::vector<int64_t>(
-          bytes.data_ptr<int64_t>(), bytes.data_ptr<int64_t>() + bytes.numel());
-    }();
+    const std::vector<int64_t> ids = tokenizer_->encode(prompt);
     const auto out =
         lm.generate(
               torch::tensor(ids, torch::kLong).unsqueeze(0).to(device_), tokens)
             .to(torch::kCPU)[0];
     const std::vector<int64_t> all(
         out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
-    const std::vector<int64_t> continuation(
-        all.begin() + static_cast<int64_t>(ids.size()), all.end());
-    return bpe_ ? bpe_->decode(continuation)
-                : data::ByteTokenizer().decode(
-                      torch::tensor(continuation, torch::kLong));
+    return tokenizer_->decode(std::vector<int64_t>(
+        all.begin() + static_cast<int64_t>(ids.size()), all.end()));
   }
 
   Output forward(torch::nn::Module& model, const torch::Tensor& inputs)
@@ -347,50 +345,63 @@ class TextTask final : public Task {
   }
 
   torch::Tensor loss(const Output& output, const Batch& batch) const override {
+    // Targets of -100 (untrained) are ignored, as cross_entropy's default.
     return cross_entropy(output.logits, batch.targets);
   }
 
   Batch train_batch(int64_t index) const override {
-    return split_window(rows_of(
-        shard_,
-        data::sample_windows(
-            train_,
-            batch_size_,
-            context_,
-            seed_ * 1000003 + static_cast<uint64_t>(index))));
+    return windows(train_, seed_ * 1000003 + static_cast<uint64_t>(index));
   }
 
   Batch calibration_batch(int64_t index) const override {
-    return split_window(rows_of(
-        shard_,
-        data::sample_windows(
-            train_,
-            batch_size_,
-            context_,
-            seed_ + 7919 + static_cast<uint64_t>(index))));
+    return windows(train_, seed_ + 7919 + static_cast<uint64_t>(index));
   }
 
-  // Perplexity per byte over consecutive windows of the split (each byte
-  // predicted once, with up to `context` bytes before it in its window).
+  // Perplexity over consecutive windows of the split (each trained target
+  // predicted once, with up to `context` tokens before it in its window).
   Metrics evaluate(torch::nn::Module& model, Split split) const override {
     const auto& tokens = split == Split::test ? test_ : validation_;
     const int64_t windows =
-        std::min(eval_windows_, (tokens.numel() - 1) / context_);
+        std::min(eval_windows_, (tokens.size() - 1) / context_);
     Totals t;
     for (int64_t begin = 0; begin < windows; begin += batch_size_) {
       if (!evaluates(shard_, begin / batch_size_))
         continue;
       const int64_t n = std::min(batch_size_, windows - begin);
-      const auto block = tokens.narrow(0, begin * context_, n * context_ + 1);
-      const auto inputs = block.narrow(0, 0, n * context_).view({n, context_});
-      const auto targets = block.narrow(0, 1, n * context_).view({n, context_});
-      t.loss += loss(forward(model, inputs), {inputs, targets}).item<double>() *
-          static_cast<double>(n * context_);
-      t.count += static_cast<double>(n * context_);
+      const auto starts = torch::arange(begin, begin + n, torch::kLong)
+                              .mul(context_)
+                              .unsqueeze(1);
+      const Batch b = to_batch(tokens, starts);
+      const auto counted = b.targets.ne(-100).sum().item<double>();
+      if (counted == 0)
+        continue;
+      t.loss += loss(forward(model, b.inputs), b).item<double>() * counted;
+      t.count += counted;
     }
     t.add_over(shard_);
     const double mean = t.loss / t.count;
-    return {{"perplexity", std::exp(mean)}, {"loss", mean}};
+    Metrics m{{"perplexity", std::exp(mean)}, {"loss", mean}};
+    if (split == Split::test) {
+      for (const auto& task : choice_tasks_) {
+        const auto scores = task.evaluate(
+            [&](const torch::Tensor& ids) {
+              return forward(model, ids.to(device_)).logits.to(torch::kCPU);
+            },
+            shard_);
+        m[task.name() + " acc"] = scores.accuracy;
+        m[task.name() + " acc_norm"] = scores.accuracy_norm;
+      }
+    }
+    return m;
+  }
+
+  std::vector<std::string> extra_metrics() const override {
+    std::vector<std::string> out;
+    for (const auto& task : choice_tasks_) {
+      out.push_back(task.name() + " acc");
+      out.push_back(task.name() + " acc_norm");
+    }
+    return out;
   }
 
   const char* metric() const override {
@@ -398,21 +409,104 @@ class TextTask final : public Task {
   }
 
  private:
-  Batch split_window(const torch::Tensor& windows) const {
-    const auto w = windows.to(device_);
-    return {w.narrow(1, 0, context_), w.narrow(1, 1, context_)};
+  void load_data(double held_out) {
+    if (recipe_.has("data.name")) {
+      // The built-in corpus: the KJV text; its last held_out fraction (a
+      // contiguous tail, so no verse is on both sides) is held out.
+      const auto name = recipe_.get<std::string>("data.name");
+      if (name != "kjv")
+        recipe_.fail_at(
+            "data.name", "'" + name + "' is no text data set; expected kjv");
+      data_name_ = "kjv";
+      bytes_ = model_->tokenizer()->vocab_size() == 256;
+      const auto ids = tokenizer_->encode(data::kjv_text());
+      const auto n = static_cast<int64_t>(ids.size());
+      const auto n_held =
+          static_cast<int64_t>(static_cast<double>(n) * held_out);
+      const auto slice = [&](int64_t begin, int64_t end) {
+        return data::TokenArray::owned(
+            std::vector<uint32_t>(ids.begin() + begin, ids.begin() + end));
+      };
+      train_ = slice(0, n - n_held);
+      const int64_t half = n_held / 2;
+      validation_ = slice(n - n_held, n - n_held + half);
+      test_ = slice(n - n_held + half, n);
+      return;
+    }
+    const auto type = recipe_.get<std::string>("data.type");
+    data_name_ = type + " " + recipe_.get<std::string>("data.path");
+    data::Corpus corpus;
+    try {
+      if (type == "tokens") {
+        const auto dtype = recipe_.get<std::string>("data.dtype", "uint16");
+        if (dtype != "uint16" && dtype != "uint32")
+          recipe_.fail_at(
+              "data.dtype", "'" + dtype + "' is not uint16 or uint32");
+        corpus = data::map_token_files(
+            data_path(recipe_.get<std::string>("data.path")),
+            dtype == "uint16" ? 2 : 4,
+            recipe_.get<std::string>("data.validation_path", ""),
+            held_out,
+            tokenizer_->eos_id());
+      } else {
+        data::SourceOptions o;
+        o.path = data_path(recipe_.get<std::string>("data.path"));
+        o.documents = recipe_.get<std::string>("data.documents", o.documents);
+        o.text_field =
+            recipe_.get<std::string>("data.text_field", o.text_field);
+        o.invalid_utf8 =
+            recipe_.get<std::string>("data.invalid_utf8", o.invalid_utf8);
+        const auto source = data::make_document_source(type, o, tokenizer_);
+        data::CorpusOptions c;
+        c.held_out = held_out;
+        c.seed = recipe_.get<int64_t>("data.split_seed", 0);
+        c.cache_dir = data::data_cache_dir();
+        c.progress = [](const std::string& line) {
+          std::printf("%s\n", line.c_str());
+          std::fflush(stdout);
+        };
+        corpus = data::tokenize_corpus(*source, *tokenizer_, c);
+      }
+    } catch (const std::invalid_argument& e) {
+      recipe_.fail_at("data.type", error_text(e));
+    } catch (const std::runtime_error& e) {
+      recipe_.fail_at("data.path", error_text(e));
+    }
+    train_ = corpus.train;
+    validation_ = corpus.validation;
+    test_ = corpus.test;
+    if (type == "tokens") {
+      // Ids past the vocabulary would index past the embedding table.
+      const int64_t largest = std::max(
+          {train_.max_token(), validation_.max_token(), test_.max_token()});
+      if (largest >= tokenizer_->vocab_size())
+        recipe_.fail_at(
+            "data.path",
+            "token id " + std::to_string(largest) +
+                " is outside the model's vocabulary of " +
+                std::to_string(tokenizer_->vocab_size()));
+    }
   }
 
-  // model.path as given, or in the models folder of qat's cache (where
-  // scripts/setup.sh links SmolLM2's GGUF).
-  std::string model_path() const {
-    const auto path = recipe_.get<std::string>("model.path");
-    if (std::filesystem::exists(path) ||
-        std::filesystem::path(path).is_absolute())
-      return path;
-    return (std::filesystem::path(data::data_cache_dir()).parent_path() /
-            "models" / path)
-        .string();
+  Batch windows(const data::TokenArray& tokens, uint64_t seed) const {
+    const auto starts = torch::randint(
+        0,
+        tokens.size() - context_,
+        {batch_size_, 1},
+        at::detail::createCPUGenerator(seed),
+        torch::kLong);
+    return to_batch(tokens, rows_of(shard_, starts).contiguous());
+  }
+
+  Batch to_batch(const data::TokenArray& tokens, const torch::Tensor& starts)
+      const {
+    const auto w = window_tensor(tokens, starts, context_, false);
+    torch::Tensor targets = w.narrow(1, 1, context_);
+    if (tokens.has_mask()) {
+      const auto mask = window_tensor(tokens, starts, context_, true);
+      targets = targets.masked_fill(mask.narrow(1, 1, context_).eq(0), -100);
+    }
+    return {w.narrow(1, 0, context_).to(device_), targets.to(device_)};
   }
 
   const Recipe& recipe_;
@@ -420,9 +514,12 @@ class TextTask final : public Task {
   uint64_t seed_;
   Shard shard_;
   int64_t batch_size_, context_, eval_windows_;
-  torch::Tensor train_, validation_, test_;
-  std::shared_ptr<gguf::File> pretrained_;
-  std::shared_ptr<data::BpeTokenizer> bpe_;
+  std::unique_ptr<models::LanguageModelSource> model_;
+  std::shared_ptr<const data::Tokenizer> tokenizer_;
+  data::TokenArray train_, validation_, test_;
+  std::vector<MultipleChoiceTask> choice_tasks_;
+  std::string data_name_;
+  bool bytes_ = false;
 };
 
 } // namespace
@@ -440,6 +537,24 @@ std::unique_ptr<Task> make_task(
             " does not split evenly over " + std::to_string(shard.world) +
             " ranks");
   }
+  if (recipe.has("data.type")) {
+    if (recipe.has("data.name"))
+      recipe.fail_at(
+          "data.type",
+          "give data.name (a built-in data set) or data.type (your data), "
+          "not both");
+    const auto type = recipe.get<std::string>("data.type");
+    auto types = data::document_source_types();
+    types.push_back("tokens");
+    if (std::find(types.begin(), types.end(), type) == types.end()) {
+      std::string known;
+      for (const auto& t : types)
+        known += (known.empty() ? "" : ", ") + t;
+      recipe.fail_at(
+          "data.type", "unknown data type '" + type + "'; expected " + known);
+    }
+    return std::make_unique<TextTask>(recipe, device, seed, std::move(shard));
+  }
   const auto name = recipe.get<std::string>("data.name");
   if (name == "fashion_mnist" || name == "digits")
     return std::make_unique<ImageTask>(recipe, device, seed, std::move(shard));
@@ -447,7 +562,9 @@ std::unique_ptr<Task> make_task(
     return std::make_unique<TextTask>(recipe, device, seed, std::move(shard));
   recipe.fail_at(
       "data.name",
-      "unknown data set '" + name + "'; expected fashion_mnist, digits or kjv");
+      "unknown data set '" + name +
+          "'; expected fashion_mnist, digits or kjv (or data.type for your "
+          "own data: text, jsonl, chat, tokens)");
 }
 
 } // namespace qat::train

@@ -18,9 +18,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "qat/export/gguf.h"
 #include "trainers/recipe.h"
+
+namespace qat::models {
+class LanguageModelSource;
+}
 
 namespace qat::train {
 
@@ -72,10 +76,19 @@ class Task {
       int64_t tokens) const {
     return "";
   }
-  // The pretrained GGUF file the model came from (its tokenizer travels
-  // with exports), or nullptr.
-  virtual const gguf::File* gguf_source() const {
+  // Where a language model came from (its tokenizer travels with exports),
+  // or nullptr for other tasks.
+  virtual const models::LanguageModelSource* language_model() const {
     return nullptr;
+  }
+  // Whether build_model() gives trained weights.
+  virtual bool pretrained() const {
+    return false;
+  }
+  // Metrics beyond metric() and loss that evaluate(test) reports (columns of
+  // the summary: "hellaswag acc", ...).
+  virtual std::vector<std::string> extra_metrics() const {
+    return {};
   }
   // "accuracy" (%, higher is better) or "perplexity" (lower is better).
   virtual const char* metric() const = 0;

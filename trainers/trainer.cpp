@@ -24,6 +24,7 @@
 #include "trainers/error_text.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama_gguf.h"
+#include "trainers/models/sources.h"
 #include "trainers/quant_config.h"
 #include "trainers/report.h"
 #include "trainers/task.h"
@@ -954,6 +955,18 @@ struct Job::State {
   void qat_stage() {
     ensure_float();
     const auto config = LoopConfig::read(recipe, "trainer.qat");
+    // A pretrained model adapts to the data as it is fine-tuned: the float
+    // model fine-tuned with the same steps on the same data is the baseline
+    // that says what quantization-aware training itself recovers.
+    // It learns from the data (cross-entropy), whatever QAT distils.
+    if (recipe.get<bool>("trainer.qat.float_baseline", task().pretrained())) {
+      auto tuned = copy_of_float("");
+      LoopConfig on_data = config;
+      on_data.ce = 1;
+      on_data.kl = on_data.mse = 0;
+      train_stage("float_tuned", *tuned, on_data, nullptr, false);
+      record("float fine-tuned", "float_tuned", *tuned, "");
+    }
     for (const auto& name :
          recipe.get<std::vector<std::string>>("trainer.qat.schemes")) {
       auto model = copy_of_float(name);
@@ -985,7 +998,12 @@ struct Job::State {
       if (!lm)
         throw std::invalid_argument(
             "format gguf exports the Llama-style decoder only");
-      models::save_llama_gguf(*lm, path, title, task().gguf_source());
+      const auto* source = task().language_model();
+      models::save_llama_gguf(
+          *lm,
+          path,
+          title,
+          source ? source->gguf_tokenizer() : models::GgufMetadata{});
     } else if (format == "compressed-tensors") {
       auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(&served);
       if (!lm)
@@ -995,6 +1013,7 @@ struct Job::State {
       if (shard_mb <= 0)
         recipe.fail_at("export.max_shard_mb", "must be positive");
       models::save_llama_compressed_tensors(*lm, path, shard_mb * 1'000'000);
+      copy_tokenizer_files(path);
     } else if (format == "onnx") {
       const auto* classifier =
           dynamic_cast<const models::ImageClassifier*>(&served);
@@ -1013,6 +1032,20 @@ struct Job::State {
     sizes.float_bytes = weight_bytes(*float_model, "");
     sizes.theoretical_bytes = served_bytes(served);
     return sizes;
+  }
+
+  // The model's tokenizer files (tokenizer.json, tokenizer_config.json,
+  // ...) into an exported folder, so that transformers and vLLM load it
+  // from the folder alone.
+  void copy_tokenizer_files(const std::string& folder) {
+    const auto* source = task().language_model();
+    if (!source)
+      return;
+    for (const auto& file : source->hf_files())
+      fs::copy_file(
+          file,
+          fs::path(folder) / fs::path(file).filename(),
+          fs::copy_options::overwrite_existing);
   }
 
   // export.format, one of export_formats().
@@ -1083,14 +1116,27 @@ void Job::State::eval_stage() {
   };
   const double float_value = base.test.at(metric);
   std::map<std::string, double> ptq_value;
-  for (const auto& r : results)
+  // What QAT is measured against: the float model fine-tuned the same way
+  // when there is one (QAT's gain over PTQ is then not adaptation to the
+  // data), else the float model.
+  double target_value = float_value;
+  for (const auto& r : results) {
     if (r.stage.rfind("ptq.", 0) == 0)
       ptq_value[r.stage.substr(4)] = r.test.at(metric);
+    if (r.stage == "float_tuned")
+      target_value = r.test.at(metric);
+  }
 
+  const auto extra = task().extra_metrics();
   std::ostringstream table;
   table << "| model | test " << metric << " | vs float | validation " << metric
-        << " | test loss | weights | QAT recovers |\n"
-        << "|---|---|---|---|---|---|---|\n";
+        << " | test loss | weights | QAT recovers |";
+  for (const auto& name : extra)
+    table << " " << name << " |";
+  table << "\n|---|---|---|---|---|---|---|";
+  for (size_t i = 0; i < extra.size(); ++i)
+    table << "---|";
+  table << "\n";
   nlohmann::ordered_json json = nlohmann::ordered_json::array();
   for (const auto& r : results) {
     const double v = r.test.at(metric);
@@ -1103,9 +1149,9 @@ void Job::State::eval_stage() {
     if (r.stage.rfind("qat.", 0) == 0 && ptq_value.count(scheme)) {
       // Only where PTQ lost something worth recovering (a point of accuracy,
       // 1% of perplexity): a ratio of noise is noise.
-      const double lost = accuracy ? float_value - ptq_value.at(scheme)
-                                   : ptq_value.at(scheme) - float_value;
-      if (lost >= (accuracy ? 1.0 : 0.01 * float_value)) {
+      const double lost = accuracy ? target_value - ptq_value.at(scheme)
+                                   : ptq_value.at(scheme) - target_value;
+      if (lost >= (accuracy ? 1.0 : 0.01 * target_value)) {
         const double gained =
             accuracy ? v - ptq_value.at(scheme) : ptq_value.at(scheme) - v;
         char text[32];
@@ -1117,7 +1163,7 @@ void Job::State::eval_stage() {
     std::snprintf(
         row,
         sizeof row,
-        "| %s | %s | %s | %s | %.4f | %s | %s |\n",
+        "| %s | %s | %s | %s | %.4f | %s | %s |",
         r.name.c_str(),
         value(v).c_str(),
         delta,
@@ -1126,6 +1172,14 @@ void Job::State::eval_stage() {
         human_bytes(static_cast<double>(r.weight_bytes)).c_str(),
         recovered.c_str());
     table << row;
+    for (const auto& name : extra) {
+      const auto it = r.test.find(name);
+      char cell[32] = " |";
+      if (it != r.test.end())
+        std::snprintf(cell, sizeof cell, " %.1f%% |", it->second);
+      table << cell;
+    }
+    table << "\n";
     json.push_back(
         {{"name", r.name},
          {"stage", r.stage},

@@ -137,7 +137,7 @@ GgufExportReport save_llama_gguf(
     LlamaForCausalLMImpl& model,
     const std::string& path,
     const std::string& name,
-    const gguf::File* tokenizer_source) {
+    const std::vector<std::pair<std::string, gguf::Value>>& tokenizer) {
   const auto& c = model.config();
   // llama.cpp's "llama" architecture has none of these; the others (qwen2,
   // qwen3, rope_freqs for llama3 scaling) are not written yet.
@@ -179,11 +179,8 @@ GgufExportReport save_llama_gguf(
   w.set(
       "llama.attention.layer_norm_rms_epsilon",
       Value::of(static_cast<float>(c.rms_norm_eps())));
-  if (tokenizer_source) {
-    for (const auto& [key, value] : tokenizer_source->metadata())
-      if (key.rfind("tokenizer.", 0) == 0)
-        w.set(key, value);
-  }
+  for (const auto& [key, value] : tokenizer)
+    w.set(key, value);
 
   const auto quantized = quantized_weights(model);
   GgufExportReport report;
@@ -229,6 +226,48 @@ GgufExportReport save_llama_gguf(
   w.write(path);
   report.file_bytes = static_cast<int64_t>(std::filesystem::file_size(path));
   return report;
+}
+
+GgufExportReport save_llama_gguf(
+    LlamaForCausalLMImpl& model,
+    const std::string& path,
+    const std::string& name,
+    const gguf::File* tokenizer_source) {
+  std::vector<std::pair<std::string, gguf::Value>> tokenizer;
+  if (tokenizer_source) {
+    for (const auto& [key, value] : tokenizer_source->metadata())
+      if (key.rfind("tokenizer.", 0) == 0)
+        tokenizer.emplace_back(key, value);
+  }
+  return save_llama_gguf(model, path, name, tokenizer);
+}
+
+std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(
+    const text::HfTokenizer& t) {
+  using gguf::Value;
+  std::vector<std::pair<std::string, Value>> out;
+  out.emplace_back("tokenizer.ggml.model", Value::of(t.ggml_model()));
+  out.emplace_back("tokenizer.ggml.pre", Value::of(t.ggml_pre()));
+  out.emplace_back("tokenizer.ggml.tokens", Value::strings(t.tokens()));
+  std::vector<int32_t> types;
+  for (const auto type : t.token_types())
+    types.push_back(static_cast<int32_t>(type));
+  out.emplace_back("tokenizer.ggml.token_type", Value::int32s(types));
+  if (!t.merges().empty())
+    out.emplace_back("tokenizer.ggml.merges", Value::strings(t.merges()));
+  const auto id = [&](const char* key, int32_t value) {
+    if (value >= 0)
+      out.emplace_back(key, Value::of(static_cast<uint32_t>(value)));
+  };
+  id("tokenizer.ggml.bos_token_id", t.bos_id());
+  id("tokenizer.ggml.eos_token_id", t.eos_id());
+  id("tokenizer.ggml.unknown_token_id", t.unk_id());
+  id("tokenizer.ggml.padding_token_id", t.pad_id());
+  out.emplace_back("tokenizer.ggml.add_bos_token", Value::of(t.add_bos()));
+  out.emplace_back("tokenizer.ggml.add_eos_token", Value::of(t.add_eos()));
+  if (!t.chat_template().empty())
+    out.emplace_back("tokenizer.chat_template", Value::of(t.chat_template()));
+  return out;
 }
 
 } // namespace qat::models

@@ -14,9 +14,12 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "qat/export/gguf.h"
 #include "trainers/models/llama.h"
+#include "trainers/text/hf_tokenizer.h"
 
 namespace qat::models {
 
@@ -31,10 +34,24 @@ struct GgufExportReport {
   int64_t float_bytes = 0; // the same weights in float32
   int64_t quantized_tensors = 0;
 };
+// `tokenizer`: the tokenizer.* keys to write (tokenizer_metadata()).
+GgufExportReport save_llama_gguf(
+    LlamaForCausalLMImpl& model,
+    const std::string& path,
+    const std::string& name,
+    const std::vector<std::pair<std::string, gguf::Value>>& tokenizer);
+// The same with the tokenizer of another GGUF file (the one the model came
+// from), or none.
 GgufExportReport save_llama_gguf(
     LlamaForCausalLMImpl& model,
     const std::string& path,
     const std::string& name,
     const gguf::File* tokenizer_source = nullptr);
+
+// A tokenizer.json tokenizer as llama.cpp's tokenizer.ggml.* keys (model,
+// pre, tokens, token_type, merges, special ids, add_bos / add_eos) and
+// tokenizer.chat_template.
+std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(
+    const text::HfTokenizer& tokenizer);
 
 } // namespace qat::models

@@ -1,0 +1,72 @@
+// The user's data, one DocumentSource per data.type (each in its own file):
+//
+//   text    files, folders (recursively) or globs of UTF-8 text; a document
+//           per file, or per blank-line-separated paragraph
+//           (source_text.cpp)
+//   jsonl   a JSON object a line, plain or .gz; the document is the string
+//           at `text_field` (source_jsonl.cpp)
+//   chat    JSONL lines {"messages": [{"role", "content"}, ...]} rendered
+//           with the model's chat template; the loss counts the assistant's
+//           turns (source_chat.cpp)
+//
+// (data.type tokens, pre-tokenized files, needs no documents: corpus.h.)
+// Errors name the file and line; nothing is written before the whole input
+// is read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainers/data/corpus.h"
+
+namespace qat::data {
+
+struct SourceOptions {
+  std::string path;                   // a file, folder or glob
+  std::string documents = "file";     // text: file | paragraphs
+  std::string text_field = "text";    // jsonl
+  std::string invalid_utf8 = "error"; // error | replace (with U+FFFD)
+};
+
+// The types make_document_source accepts.
+std::vector<std::string> document_source_types();
+
+// Throws std::invalid_argument for an unknown type, std::runtime_error for
+// paths that match nothing.
+std::unique_ptr<DocumentSource> make_document_source(
+    const std::string& type,
+    const SourceOptions& options,
+    std::shared_ptr<const Tokenizer> tokenizer);
+
+// --- shared by the sources ------------------------------------------------
+
+// The files `path` names: itself, the regular files under a folder (sorted,
+// hidden ones skipped), or a glob's matches (sorted). Throws naming the path
+// when there are none.
+std::vector<std::string> input_files(const std::string& path);
+
+// "<name>:<size>:<hash of contents>" for each file, for cache keys.
+std::string files_fingerprint(const std::vector<std::string>& files);
+uint64_t files_bytes(const std::vector<std::string>& files);
+
+// `text` checked as UTF-8: invalid bytes throw "<file>:<line>: invalid UTF-8
+// ..." or, with replace, become U+FFFD.
+std::string checked_utf8(
+    std::string text,
+    const std::string& file,
+    int64_t first_line,
+    bool replace);
+
+// Each line of a plain or gzip file, with its 1-based number.
+void for_each_line(
+    const std::string& file,
+    const std::function<void(std::string&, int64_t)>& line);
+
+std::unique_ptr<DocumentSource> make_text_source(const SourceOptions& o);
+std::unique_ptr<DocumentSource> make_jsonl_source(const SourceOptions& o);
+std::unique_ptr<DocumentSource> make_chat_source(
+    const SourceOptions& o,
+    std::shared_ptr<const Tokenizer> tokenizer);
+
+} // namespace qat::data
