@@ -9,11 +9,6 @@
 #include <limits>
 #include <stdexcept>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "qat/export/atomic_file.h"
 
 namespace qat::safetensors {
@@ -137,15 +132,16 @@ const char* dtype_name(torch::ScalarType dtype) {
 File File::read(const std::string& path) {
   File file;
   file.path_ = path;
-  file.mapping_ = std::make_shared<const Mapping>(path);
-  const uint64_t file_size = file.mapping_->size;
+  file.mapping_ = std::make_shared<const MappedFile>(
+      path, "safetensors file '" + path + "'");
+  const uint64_t file_size = file.mapping_->size();
   if (file_size < 8) {
     fail(
         path,
         "truncated: " + std::to_string(file_size) +
             " bytes, shorter than the 8-byte header length");
   }
-  const auto* bytes = static_cast<const unsigned char*>(file.mapping_->address);
+  const unsigned char* bytes = file.mapping_->data();
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i)
     header_size = (header_size << 8) | bytes[i];
@@ -241,40 +237,7 @@ torch::Tensor File::mapped(const std::string& name) const {
 
 void File::release(const std::string& name) const {
   const TensorInfo& i = info(name);
-  // Only whole pages inside the tensor: a neighbour may still be in use.
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<uintptr_t>(data_ + i.begin);
-  const auto end = reinterpret_cast<uintptr_t>(data_ + i.end);
-  const uintptr_t first = (begin + page - 1) / page * page;
-  const uintptr_t last = end / page * page;
-  if (last > first)
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-}
-
-Mapping::Mapping(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    fail(path, "cannot open: " + std::string(std::strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file");
-  }
-  size = static_cast<uint64_t>(st.st_size);
-  if (size > 0) {
-    address = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (address == MAP_FAILED) {
-      const int error = errno;
-      ::close(fd);
-      fail(path, "cannot map: " + std::string(std::strerror(error)));
-    }
-  }
-  ::close(fd);
-}
-
-Mapping::~Mapping() {
-  if (address && address != MAP_FAILED)
-    munmap(address, size);
+  mapping_->release(data_ + i.begin, data_ + i.end);
 }
 
 void write(

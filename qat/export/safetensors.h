@@ -23,18 +23,9 @@
 #include <utility>
 #include <vector>
 
-namespace qat::safetensors {
+#include "qat/export/mapped_file.h"
 
-// A file mapped read-only into memory (the whole file; pages are read from
-// disk when first touched, so a multi-GB checkpoint costs no buffer).
-struct Mapping {
-  explicit Mapping(const std::string& path);
-  ~Mapping();
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  void* address = nullptr;
-  uint64_t size = 0;
-};
+namespace qat::safetensors {
 
 struct TensorInfo {
   torch::ScalarType dtype;
@@ -75,7 +66,7 @@ class File {
 
  private:
   std::string path_;
-  std::shared_ptr<const Mapping> mapping_;
+  std::shared_ptr<const MappedFile> mapping_;
   const char* data_ = nullptr; // the data section, in the mapping
   std::vector<std::string> names_;
   std::map<std::string, TensorInfo> infos_;

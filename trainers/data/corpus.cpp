@@ -1,5 +1,7 @@
 #include "trainers/data/corpus.h"
 
+#include "qat/export/mapped_file.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,9 +11,6 @@
 #include <stdexcept>
 
 #include <dirent.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 namespace qat::data {
@@ -21,34 +20,12 @@ namespace {
 // Bumped whenever the files' layout or the split rule changes.
 constexpr const char* kCacheVersion = "qat-corpus-2";
 
-// A read-only mapping of a whole file, released with its last user.
-std::shared_ptr<const void> map_file(const std::string& path, uint64_t& size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw std::runtime_error(path + ": not a regular file");
-  }
-  size = static_cast<uint64_t>(st.st_size);
-  void* address = nullptr;
-  if (size > 0) {
-    address = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (address == MAP_FAILED) {
-      const int error = errno;
-      ::close(fd);
-      throw std::runtime_error(
-          path + ": cannot map: " + std::string(std::strerror(error)));
-    }
-    // Windows are read at random places.
-    madvise(address, size, MADV_RANDOM);
-  }
-  ::close(fd);
-  return std::shared_ptr<const void>(address, [size](const void* a) {
-    if (a)
-      munmap(const_cast<void*>(a), size);
-  });
+// A read-only mapping of a whole file, released with its last user; windows
+// are read at random places.
+std::shared_ptr<const MappedFile> map_file(const std::string& path) {
+  auto file = std::make_shared<const MappedFile>(path, path);
+  file->advise_random();
+  return file;
 }
 
 // Appends tokens and mask bytes of one split to its two files.
@@ -147,28 +124,28 @@ TokenArray TokenArray::map(
     throw std::invalid_argument("TokenArray: width must be 2 or 4 bytes");
   TokenArray t;
   t.width_ = width;
-  uint64_t bytes = 0;
-  auto tokens = map_file(tokens_path, bytes);
+  auto tokens = map_file(tokens_path);
+  const uint64_t bytes = tokens->size();
   if (bytes % width != 0)
     throw std::runtime_error(
         tokens_path + ": " + std::to_string(bytes) +
         " bytes is not a whole number of " + std::to_string(width * 8) +
         "-bit tokens");
   t.size_ = static_cast<int64_t>(bytes / width);
-  t.tokens_ = static_cast<const unsigned char*>(tokens.get());
-  std::shared_ptr<const void> mask;
+  t.tokens_ = tokens->data();
+  std::shared_ptr<const MappedFile> mask;
   if (!mask_path.empty()) {
-    uint64_t mask_bytes = 0;
-    mask = map_file(mask_path, mask_bytes);
+    mask = map_file(mask_path);
+    const uint64_t mask_bytes = mask->size();
     if (mask_bytes != static_cast<uint64_t>(t.size_))
       throw std::runtime_error(
           mask_path + ": " + std::to_string(mask_bytes) + " mask bytes for " +
           std::to_string(t.size_) + " tokens");
-    t.mask_ = static_cast<const uint8_t*>(mask.get());
+    t.mask_ = mask->data();
   }
-  t.keep_ = std::make_shared<
-      std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
-      tokens, mask);
+  t.keep_ = std::make_shared<std::pair<
+      std::shared_ptr<const MappedFile>,
+      std::shared_ptr<const MappedFile>>>(tokens, mask);
   return t;
 }
 
