@@ -7,7 +7,6 @@
 // turn begins, and the rendering of [0, i] (no prompt) ends where it ends.
 // Every rendering must extend the one before (templates that rewrite earlier
 // turns are refused); the pieces between are not trained.
-#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "trainers/data/sources.h"
@@ -18,11 +17,10 @@ namespace {
 
 const char* const kRoles[] = {"system", "user", "assistant", "tool"};
 
-class ChatSource final : public DocumentSource {
+class ChatSource final : public FileSource {
  public:
   ChatSource(const SourceOptions& o, std::shared_ptr<const Tokenizer> tokenizer)
-      : options_(o),
-        files_(input_files(o.path)),
+      : FileSource("chat", o),
         template_(tokenizer->chat_template()),
         tokens_(tokenizer->template_tokens()) {
     if (template_.empty())
@@ -37,40 +35,24 @@ class ChatSource final : public DocumentSource {
   void for_each(const std::function<void(Document&&)>& emit) const override {
     const bool replace = options_.invalid_utf8 == "replace";
     for (const auto& file : files_) {
-      for_each_line(file, [&](std::string& line, int64_t number) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos)
-          return;
-        const std::string where = file + ":" + std::to_string(number);
-        line = checked_utf8(std::move(line), file, number, replace);
-        emit(render(parse(line, where), where));
-      });
+      for_each_json_line(
+          file,
+          replace,
+          [&](const nlohmann::json& j, const std::string& where) {
+            emit(render(parse(j, where), where));
+          });
     }
   }
 
   std::string fingerprint() const override {
-    return "chat utf8=" + options_.invalid_utf8 + "\n" + template_ + "\n" +
-        files_fingerprint(files_);
-  }
-  uint64_t total_bytes() const override {
-    return files_bytes(files_);
-  }
-  std::string describe() const override {
-    return "chat: " + std::to_string(files_.size()) + " file(s) at " +
-        options_.path;
+    return fingerprint_of(
+        "utf8=" + options_.invalid_utf8 + "\ntemplate=" + template_);
   }
 
  private:
   std::vector<text::ChatMessage> parse(
-      const std::string& line,
+      const nlohmann::json& j,
       const std::string& where) const {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      const std::string what = e.what();
-      throw std::runtime_error(
-          where + ": not a JSON line: " + what.substr(what.find(' ') + 1));
-    }
     const auto it = j.is_object() ? j.find("messages") : j.end();
     if (it == j.end() || !it->is_array() || it->empty())
       throw std::runtime_error(
@@ -138,8 +120,6 @@ class ChatSource final : public DocumentSource {
     return doc;
   }
 
-  SourceOptions options_;
-  std::vector<std::string> files_;
   std::string template_;
   std::map<std::string, std::string> tokens_;
   std::shared_ptr<const text::ChatTemplate> program_;

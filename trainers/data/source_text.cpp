@@ -7,10 +7,9 @@
 namespace qat::data {
 namespace {
 
-class TextSource final : public DocumentSource {
+class TextSource final : public FileSource {
  public:
-  explicit TextSource(const SourceOptions& o)
-      : options_(o), files_(input_files(o.path)) {
+  explicit TextSource(const SourceOptions& o) : FileSource("text", o) {
     if (o.documents != "file" && o.documents != "paragraphs")
       throw std::invalid_argument(
           "data.documents: '" + o.documents + "' is not file or paragraphs");
@@ -65,17 +64,6 @@ class TextSource final : public DocumentSource {
     return "text documents=" + options_.documents +
         " utf8=" + options_.invalid_utf8 + "\n" + files_fingerprint(files_);
   }
-  uint64_t total_bytes() const override {
-    return files_bytes(files_);
-  }
-  std::string describe() const override {
-    return "text: " + std::to_string(files_.size()) + " file(s) at " +
-        options_.path;
-  }
-
- private:
-  SourceOptions options_;
-  std::vector<std::string> files_;
 };
 
 } // namespace

@@ -82,6 +82,24 @@ uint64_t files_bytes(const std::vector<std::string>& files) {
   return total;
 }
 
+FileSource::FileSource(std::string kind, const SourceOptions& options)
+    : kind_(std::move(kind)),
+      options_(options),
+      files_(input_files(options.path)) {}
+
+uint64_t FileSource::total_bytes() const {
+  return files_bytes(files_);
+}
+
+std::string FileSource::describe() const {
+  return kind_ + ": " + std::to_string(files_.size()) + " file(s) at " +
+      options_.path;
+}
+
+std::string FileSource::fingerprint_of(const std::string& options) const {
+  return kind_ + " " + options + "\n" + files_fingerprint(files_);
+}
+
 std::string checked_utf8(
     std::string text,
     const std::string& file,
@@ -136,6 +154,9 @@ std::string checked_utf8(
   return clean ? text : out;
 }
 
+namespace {
+
+// Each line of a plain or gzip file, with its 1-based number.
 void for_each_line(
     const std::string& file,
     const std::function<void(std::string&, int64_t)>& line) {
@@ -156,6 +177,29 @@ void for_each_line(
   }
   if (!pending.empty())
     line(pending, ++number);
+}
+
+} // namespace
+
+void for_each_json_line(
+    const std::string& file,
+    bool replace_invalid_utf8,
+    const std::function<void(const nlohmann::json&, const std::string&)>& fn) {
+  for_each_line(file, [&](std::string& line, int64_t number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos)
+      return;
+    const std::string where = file + ":" + std::to_string(number);
+    line = checked_utf8(std::move(line), file, number, replace_invalid_utf8);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      const std::string what = e.what();
+      throw std::runtime_error(
+          where + ": not a JSON line: " + what.substr(what.find(' ') + 1));
+    }
+    fn(j, where);
+  });
 }
 
 } // namespace qat::data

@@ -14,7 +14,9 @@
 // is read.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -58,10 +60,30 @@ std::string checked_utf8(
     int64_t first_line,
     bool replace);
 
-// Each line of a plain or gzip file, with its 1-based number.
-void for_each_line(
+// Each non-blank line of a plain or gzip JSONL file, checked as UTF-8
+// (checked_utf8) and parsed, with "<file>:<line>" for the caller's errors;
+// a line that is not JSON throws "<file>:<line>: not a JSON line: ...".
+void for_each_json_line(
     const std::string& file,
-    const std::function<void(std::string&, int64_t)>& line);
+    bool replace_invalid_utf8,
+    const std::function<void(const nlohmann::json&, const std::string& where)>&
+        line);
+
+// What the three sources share: the files data.path names, read in order.
+class FileSource : public DocumentSource {
+ public:
+  FileSource(std::string kind, const SourceOptions& options);
+  uint64_t total_bytes() const override;
+  // "<kind>: N file(s) at <data.path>"
+  std::string describe() const override;
+
+ protected:
+  // "<kind> <options>" and the files' fingerprint: the cache key.
+  std::string fingerprint_of(const std::string& options) const;
+  std::string kind_;
+  SourceOptions options_;
+  std::vector<std::string> files_;
+};
 
 std::unique_ptr<DocumentSource> make_text_source(const SourceOptions& o);
 std::unique_ptr<DocumentSource> make_jsonl_source(const SourceOptions& o);

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "trainers/data/sources.h"
@@ -19,50 +18,41 @@ MultipleChoiceTask MultipleChoiceTask::load(
   task.window_ = window;
   if (!std::filesystem::is_regular_file(path))
     throw std::runtime_error(path + ": no such file");
-  data::for_each_line(path, [&](std::string& line, int64_t number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos)
-      return;
-    const std::string where = path + ":" + std::to_string(number);
-    line = data::checked_utf8(std::move(line), path, number, false);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      const std::string what = e.what();
-      throw std::runtime_error(
-          where + ": not a JSON line: " + what.substr(what.find(' ') + 1));
-    }
-    if (!j.is_object() || !j.contains("context") || !j["context"].is_string())
-      throw std::runtime_error(where + ": no string field 'context'");
-    if (!j.contains("choices") || !j["choices"].is_array() ||
-        j["choices"].size() < 2)
-      throw std::runtime_error(
-          where + ": 'choices' must be a list of at least two strings");
-    if (!j.contains("label") || !j["label"].is_number_integer())
-      throw std::runtime_error(where + ": no integer field 'label'");
-    Example e;
-    e.context = tokenizer.encode(j["context"].get<std::string>());
-    if (e.context.empty()) {
-      if (tokenizer.bos_id() < 0)
-        throw std::runtime_error(
-            where + ": an empty context needs a tokenizer with BOS");
-      e.context.push_back(tokenizer.bos_id());
-    }
-    for (const auto& choice : j["choices"]) {
-      if (!choice.is_string() || choice.get<std::string>().empty())
-        throw std::runtime_error(
-            where + ": every choice must be a non-empty string");
-      const auto text = choice.get<std::string>();
-      e.choices.push_back(tokenizer.encode(text));
-      e.choice_bytes.push_back(static_cast<int64_t>(text.size()));
-    }
-    e.label = j["label"].get<int64_t>();
-    if (e.label < 0 || e.label >= static_cast<int64_t>(e.choices.size()))
-      throw std::runtime_error(
-          where + ": label " + std::to_string(e.label) + " is not one of the " +
-          std::to_string(e.choices.size()) + " choices");
-    task.examples_.push_back(std::move(e));
-  });
+  data::for_each_json_line(
+      path, false, [&](const nlohmann::json& j, const std::string& where) {
+        if (!j.is_object() || !j.contains("context") ||
+            !j["context"].is_string())
+          throw std::runtime_error(where + ": no string field 'context'");
+        if (!j.contains("choices") || !j["choices"].is_array() ||
+            j["choices"].size() < 2)
+          throw std::runtime_error(
+              where + ": 'choices' must be a list of at least two strings");
+        if (!j.contains("label") || !j["label"].is_number_integer())
+          throw std::runtime_error(where + ": no integer field 'label'");
+        Example e;
+        e.context = tokenizer.encode(j["context"].get<std::string>());
+        if (e.context.empty()) {
+          if (tokenizer.bos_id() < 0)
+            throw std::runtime_error(
+                where + ": an empty context needs a tokenizer with BOS");
+          e.context.push_back(tokenizer.bos_id());
+        }
+        for (const auto& choice : j["choices"]) {
+          if (!choice.is_string() || choice.get<std::string>().empty())
+            throw std::runtime_error(
+                where + ": every choice must be a non-empty string");
+          const auto text = choice.get<std::string>();
+          e.choices.push_back(tokenizer.encode(text));
+          e.choice_bytes.push_back(static_cast<int64_t>(text.size()));
+        }
+        e.label = j["label"].get<int64_t>();
+        if (e.label < 0 || e.label >= static_cast<int64_t>(e.choices.size()))
+          throw std::runtime_error(
+              where + ": label " + std::to_string(e.label) +
+              " is not one of the " + std::to_string(e.choices.size()) +
+              " choices");
+        task.examples_.push_back(std::move(e));
+      });
   if (task.examples_.empty())
     throw std::runtime_error(path + ": no examples");
   return task;
