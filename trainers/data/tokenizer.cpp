@@ -7,6 +7,21 @@
 namespace qat::data {
 namespace {
 
+// A key that changes with the vocabulary, the merges or `options`.
+std::string vocabulary_fingerprint(
+    const std::string& kind,
+    const std::vector<std::string>& tokens,
+    const std::vector<std::string>& merges,
+    const std::string& options) {
+  uint64_t h = fnv1a(kind);
+  for (const auto* list : {&tokens, &merges}) {
+    for (const auto& item : *list)
+      h = fnv1a(std::string_view(item.c_str(), item.size() + 1), h);
+    h = fnv1a("|", h);
+  }
+  return kind + " " + hex64(h) + " " + options;
+}
+
 class Bytes final : public Tokenizer {
  public:
   std::vector<int64_t> encode(std::string_view text) const override {
@@ -39,9 +54,15 @@ class Gguf final : public Tokenizer {
  public:
   explicit Gguf(const gguf::File& file) : bpe_(BpeTokenizer::from_gguf(file)) {
     const auto tokens = file.get("tokenizer.ggml.tokens").as_strings();
-    fingerprint_ = "gguf-bpe " + hex64(fnv1a(file.path()));
-    for (const auto& t : tokens)
-      fingerprint_ = hex64(fnv1a(t, fnv1a(fingerprint_)));
+    fingerprint_ = vocabulary_fingerprint(
+        "gguf-bpe",
+        tokens,
+        file.has("tokenizer.ggml.merges")
+            ? file.get("tokenizer.ggml.merges").as_strings()
+            : std::vector<std::string>{},
+        file.has("tokenizer.ggml.pre")
+            ? file.get("tokenizer.ggml.pre").as_string()
+            : "");
     if (file.has("tokenizer.chat_template"))
       template_ = file.get("tokenizer.chat_template").as_string();
     if (bpe_.bos_id() >= 0)
@@ -82,14 +103,13 @@ class Gguf final : public Tokenizer {
 
 class HuggingFace final : public Tokenizer {
  public:
-  explicit HuggingFace(const std::string& folder)
-      : hf_(text::HfTokenizer::from_folder(folder)) {
-    fingerprint_ = "hf-bpe";
-    for (const auto& t : hf_.tokens())
-      fingerprint_ = hex64(fnv1a(t, fnv1a(fingerprint_)));
-    for (const auto& m : hf_.merges())
-      fingerprint_ = hex64(fnv1a(m, fnv1a(fingerprint_)));
-    fingerprint_ += hf_.ggml_pre() + (hf_.add_bos() ? " bos" : "");
+  explicit HuggingFace(const text::HfTokenizer& hf) : hf_(hf) {
+    fingerprint_ = vocabulary_fingerprint(
+        "hf-bpe",
+        hf_.tokens(),
+        hf_.merges(),
+        hf_.ggml_model() + " " + hf_.ggml_pre() +
+            (hf_.add_bos() ? " bos" : ""));
     if (!hf_.bos_token().empty())
       special_["bos_token"] = hf_.bos_token();
     if (!hf_.eos_token().empty())
@@ -123,9 +143,6 @@ class HuggingFace final : public Tokenizer {
   std::string fingerprint() const override {
     return fingerprint_;
   }
-  const text::HfTokenizer& hf() const {
-    return hf_;
-  }
 
  private:
   text::HfTokenizer hf_;
@@ -144,7 +161,11 @@ std::shared_ptr<const Tokenizer> gguf_tokenizer(const gguf::File& file) {
 }
 
 std::shared_ptr<const Tokenizer> hf_tokenizer(const std::string& folder) {
-  return std::make_shared<HuggingFace>(folder);
+  return hf_tokenizer(text::HfTokenizer::from_folder(folder));
+}
+
+std::shared_ptr<const Tokenizer> hf_tokenizer(const text::HfTokenizer& hf) {
+  return std::make_shared<HuggingFace>(hf);
 }
 
 } // namespace qat::data

@@ -13,6 +13,9 @@
 namespace qat::gguf {
 class File;
 }
+namespace qat::text {
+class HfTokenizer;
+}
 
 namespace qat::data {
 
@@ -50,6 +53,8 @@ std::shared_ptr<const Tokenizer> byte_tokenizer();
 std::shared_ptr<const Tokenizer> gguf_tokenizer(const gguf::File& file);
 // tokenizer.json (+ tokenizer_config.json, chat_template.jinja) in `folder`.
 std::shared_ptr<const Tokenizer> hf_tokenizer(const std::string& folder);
+// One already read (the adapter shares its tables).
+std::shared_ptr<const Tokenizer> hf_tokenizer(const text::HfTokenizer& hf);
 
 // 64-bit FNV-1a, for cache keys (not for security).
 uint64_t fnv1a(std::string_view bytes, uint64_t seed = 0xcbf29ce484222325ull);

@@ -230,14 +230,18 @@ LlamaConfig LlamaConfig::from_hf_json(const std::string& path) {
 
 namespace qat::models {
 
-LlamaForCausalLM load_hf_model(const std::string& dir) {
+LlamaConfig hf_config(const std::string& dir) {
   namespace fs = std::filesystem;
   const auto config_path = (fs::path(dir) / "config.json").string();
   if (!fs::is_directory(dir))
     throw std::runtime_error(dir + ": not a Hugging Face checkpoint folder");
   if (!fs::exists(config_path))
     throw std::runtime_error(config_path + ": missing (the model's config)");
-  const LlamaConfig config = LlamaConfig::from_hf_json(config_path);
+  return LlamaConfig::from_hf_json(config_path);
+}
+
+LlamaForCausalLM load_hf_model(const std::string& dir) {
+  const LlamaConfig config = hf_config(dir);
   const WeightFiles files = WeightFiles::open(dir);
   LlamaForCausalLM lm(config);
   // Tied checkpoints may still carry lm_head.weight (a copy of the table);

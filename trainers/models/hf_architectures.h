@@ -19,6 +19,11 @@ namespace qat::models {
 // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", ...
 std::vector<std::string> hf_architectures();
 
+// The config.json of the checkpoint folder `dir`: throws std::runtime_error
+// naming the folder when it is none, config.json when it is missing, and the
+// key LlamaConfig::from_hf_json refuses.
+LlamaConfig hf_config(const std::string& dir);
+
 // The float model of the checkpoint folder `dir`. Throws std::runtime_error
 // naming the file (and key or tensor) for a missing config.json or shard, an
 // unsupported architecture, a corrupt shard, or tensors that do not fit.

@@ -23,21 +23,14 @@ class HfLlama final : public LanguageModelSource {
  public:
   HfLlama(const recipe::Recipe& r, int64_t context) : dir_(model_path(r)) {
     try {
-      if (!fs::is_directory(dir_))
-        throw std::runtime_error(
-            dir_ + ": not a folder (a Hugging Face checkpoint folder)");
-      const auto config_path = (fs::path(dir_) / "config.json").string();
-      if (!fs::exists(config_path))
-        throw std::runtime_error(
-            config_path + ": missing (the model's config)");
-      config_ = LlamaConfig::from_hf_json(config_path);
+      config_ = hf_config(dir_);
       if (!fs::exists(fs::path(dir_) / "tokenizer.json"))
         throw std::runtime_error(
             (fs::path(dir_) / "tokenizer.json").string() +
             ": missing (the model's tokenizer)");
       hf_ = std::make_shared<text::HfTokenizer>(
           text::HfTokenizer::from_folder(dir_));
-      tokenizer_ = data::hf_tokenizer(dir_);
+      tokenizer_ = data::hf_tokenizer(*hf_);
     } catch (const std::exception& e) {
       r.fail_at("model.path", train::error_text(e));
     }
