@@ -235,21 +235,28 @@ std::string data_path(const std::string& path) {
   return std::filesystem::exists(cached) ? cached.string() : path;
 }
 
-// Windows of tokens, with the mask that says which targets count.
-torch::Tensor window_tensor(
+// The windows of length + 1 tokens at `starts` [batch, 1] as inputs and
+// next-token targets [batch, length]; targets the data does not train (its
+// mask) are -100, which cross_entropy ignores.
+Batch windows_at(
     const data::TokenArray& tokens,
     const torch::Tensor& starts,
-    int64_t length,
-    bool mask) {
+    int64_t length) {
   const int64_t batch = starts.size(0);
-  torch::Tensor out = torch::empty({batch, length + 1}, torch::kLong);
-  auto* o = out.data_ptr<int64_t>();
+  torch::Tensor inputs = torch::empty({batch, length}, torch::kLong);
+  torch::Tensor targets = torch::empty({batch, length}, torch::kLong);
+  auto* in = inputs.data_ptr<int64_t>();
+  auto* out = targets.data_ptr<int64_t>();
   const auto* s = starts.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i <= length; ++i)
-      o[b * (length + 1) + i] =
-          mask ? tokens.trained(s[b] + i) : tokens.token(s[b] + i);
-  return out;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t i = 0; i < length; ++i) {
+      const int64_t at = s[b] + i;
+      in[b * length + i] = tokens.token(at);
+      out[b * length + i] =
+          tokens.trained(at + 1) ? tokens.token(at + 1) : -100;
+    }
+  }
+  return {inputs, targets};
 }
 
 // The text tasks: a language model from model.type (trainers/models/
@@ -300,7 +307,7 @@ class TextTask final : public Task {
         static_cast<long long>(train_.size()),
         static_cast<long long>(validation_.size()),
         static_cast<long long>(test_.size()),
-        bytes_ ? "bytes" : "tokens",
+        tokenizer_->vocab_size() == 256 ? "bytes" : "tokens",
         static_cast<long long>(context_),
         model_->describe().c_str());
   }
@@ -418,7 +425,6 @@ class TextTask final : public Task {
         recipe_.fail_at(
             "data.name", "'" + name + "' is no text data set; expected kjv");
       data_name_ = "kjv";
-      bytes_ = model_->tokenizer()->vocab_size() == 256;
       const auto ids = tokenizer_->encode(data::kjv_text());
       const auto n = static_cast<int64_t>(ids.size());
       const auto n_held =
@@ -500,13 +506,8 @@ class TextTask final : public Task {
 
   Batch to_batch(const data::TokenArray& tokens, const torch::Tensor& starts)
       const {
-    const auto w = window_tensor(tokens, starts, context_, false);
-    torch::Tensor targets = w.narrow(1, 1, context_);
-    if (tokens.has_mask()) {
-      const auto mask = window_tensor(tokens, starts, context_, true);
-      targets = targets.masked_fill(mask.narrow(1, 1, context_).eq(0), -100);
-    }
-    return {w.narrow(1, 0, context_).to(device_), targets.to(device_)};
+    const Batch b = windows_at(tokens, starts, context_);
+    return {b.inputs.to(device_), b.targets.to(device_)};
   }
 
   const Recipe& recipe_;
@@ -519,7 +520,6 @@ class TextTask final : public Task {
   data::TokenArray train_, validation_, test_;
   std::vector<MultipleChoiceTask> choice_tasks_;
   std::string data_name_;
-  bool bytes_ = false;
 };
 
 } // namespace

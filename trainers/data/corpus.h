@@ -74,9 +74,6 @@ class TokenArray {
   uint8_t trained(int64_t i) const {
     return mask_ ? mask_[i] : 1;
   }
-  bool has_mask() const {
-    return mask_ != nullptr;
-  }
   // The largest id (a scan; for checking against the vocabulary).
   int64_t max_token() const;
   // The part [begin, begin + length) as a view (same mapping).

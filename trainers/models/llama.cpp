@@ -225,19 +225,19 @@ torch::Tensor LlamaAttentionImpl::forward(
     torch::Tensor* keys,
     torch::Tensor* values) {
   const int64_t batch = x.size(0), time = x.size(1);
-  // [batch, time, n * head_dim] -> [batch, n, time, head_dim], normalised
-  // per head first where the architecture says so.
-  auto heads = [&](const torch::Tensor& t, int64_t n, RMSNorm& norm) {
-    torch::Tensor h = t.view({batch, time, n, head_dim_});
-    if (!norm.is_empty())
-      h = norm(h);
-    return h.transpose(1, 2);
+  // [batch, time, n * head_dim] -> [batch, n, time, head_dim]; queries and
+  // keys are normalised per head first where the architecture says so.
+  auto heads = [&](const torch::Tensor& t, int64_t n) {
+    return t.view({batch, time, n, head_dim_});
   };
-  RMSNorm none{nullptr};
-  const torch::Tensor q =
-      apply_rotary(heads(q_proj(x), heads_, q_norm), rotary);
-  torch::Tensor k = apply_rotary(heads(k_proj(x), kv_heads_, k_norm), rotary);
-  torch::Tensor v = heads(v_proj(x), kv_heads_, none);
+  auto normed = [](RMSNorm& norm, const torch::Tensor& h) {
+    return norm.is_empty() ? h : norm(h);
+  };
+  const torch::Tensor q = apply_rotary(
+      normed(q_norm, heads(q_proj(x), heads_)).transpose(1, 2), rotary);
+  torch::Tensor k = apply_rotary(
+      normed(k_norm, heads(k_proj(x), kv_heads_)).transpose(1, 2), rotary);
+  torch::Tensor v = heads(v_proj(x), kv_heads_).transpose(1, 2);
   const int64_t past = keys && keys->defined() ? keys->size(2) : 0;
   if (keys) {
     k = past ? torch::cat({*keys, k}, 2) : k;
