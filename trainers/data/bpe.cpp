@@ -4,28 +4,10 @@
 #include <limits>
 #include <stdexcept>
 
+#include "trainers/text/utf8.h"
+
 namespace qat::data {
 namespace {
-
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 // GPT-2's reversible map from bytes to printable code points.
 const std::vector<std::string>& byte_symbols() {
@@ -35,7 +17,7 @@ const std::vector<std::string>& byte_symbols() {
     for (uint32_t b = 0; b < 256; ++b) {
       const bool printable =
           (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-      out[b] = utf8(printable ? b : next++);
+      text::append_utf8(out[b], printable ? b : next++);
     }
     return out;
   }();

@@ -43,6 +43,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "trainers/text/utf8.h"
+
 namespace qat::text {
 namespace chat_detail {
 namespace {
@@ -70,24 +72,6 @@ uint32_t cp_at(const std::string& s, size_t i, size_t n) {
   return v;
 }
 
-void put_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xc0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xe0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  }
-}
-
 std::vector<uint32_t> to_cps(const std::string& s) {
   std::vector<uint32_t> out;
   for (size_t i = 0; i < s.size();) {
@@ -104,7 +88,7 @@ std::string from_cps(
     size_t end) {
   std::string out;
   for (size_t i = begin; i < end; ++i)
-    put_utf8(out, cps[i]);
+    append_utf8(out, cps[i]);
   return out;
 }
 
@@ -157,7 +141,7 @@ void put_upper(std::string& out, uint32_t c, bool title) {
   if (c == 0xdf)
     out += title ? "Ss" : "SS";
   else
-    put_utf8(out, cp_upper(c));
+    append_utf8(out, cp_upper(c));
 }
 
 std::string py_upper(const std::string& s) {
@@ -170,7 +154,7 @@ std::string py_upper(const std::string& s) {
 std::string map_cps(const std::string& s, uint32_t (*f)(uint32_t)) {
   std::string out;
   for (uint32_t c : to_cps(s))
-    put_utf8(out, f(c));
+    append_utf8(out, f(c));
   return out;
 }
 
@@ -1235,7 +1219,7 @@ class Lexer {
               static_cast<uint32_t>(
                   std::stoi(std::string(1, s_[pos]), nullptr, 16));
         }
-        put_utf8(v, x);
+        append_utf8(v, x);
       };
       switch (e) {
         case 'n':
@@ -1286,7 +1270,7 @@ class Lexer {
                  k < 2 && pos < s_.size() && s_[pos] >= '0' && s_[pos] <= '7';
                  ++k)
               x = x * 8 + static_cast<uint32_t>(s_[pos++] - '0');
-            put_utf8(v, x);
+            append_utf8(v, x);
           } else {
             v += '\\';
             v += e;
@@ -2229,7 +2213,7 @@ std::string py_title(const std::string& s) {
     if (cased && !prev_cased)
       put_upper(out, c, true);
     else
-      put_utf8(out, cased ? cp_lower(c) : c);
+      append_utf8(out, cased ? cp_lower(c) : c);
     prev_cased = cased;
   }
   return out;
@@ -2242,7 +2226,7 @@ std::string py_capitalize(const std::string& s) {
     if (k == 0)
       put_upper(out, cps[k], true);
     else
-      put_utf8(out, cp_lower(cps[k]));
+      append_utf8(out, cp_lower(cps[k]));
   }
   return out;
 }
@@ -2263,7 +2247,7 @@ std::string py_replace(
         ++done;
       }
       if (k < cps.size())
-        put_utf8(out, cps[k]);
+        append_utf8(out, cps[k]);
     }
     return out;
   }
@@ -2544,7 +2528,7 @@ class Renderer {
           std::string out;
           for (size_t idx : slice_indices(
                    static_cast<int64_t>(cps.size()), ptr[0], ptr[1], ptr[2]))
-            put_utf8(out, cps[idx]);
+            append_utf8(out, cps[idx]);
           return Value::str(out);
         }
         return Value::undefined(
