@@ -2231,6 +2231,22 @@ std::string py_capitalize(const std::string& s) {
   return out;
 }
 
+// str.lower() / upper() / title() / capitalize(), which are also the filters
+// of those names; false for any other name.
+bool py_case(const std::string& name, const std::string& s, std::string& out) {
+  if (name == "lower")
+    out = map_cps(s, cp_lower);
+  else if (name == "upper")
+    out = py_upper(s);
+  else if (name == "title")
+    out = py_title(s);
+  else if (name == "capitalize")
+    out = py_capitalize(s);
+  else
+    return false;
+  return true;
+}
+
 std::string py_replace(
     const std::string& s,
     const std::string& old,
@@ -3021,14 +3037,8 @@ class Renderer {
         return Value::str(py_strip(s, true, true, &need_str(*chars, "trim")));
       return Value::str(py_strip(s, true, true, nullptr));
     }
-    if (name == "lower")
-      return Value::str(map_cps(s, cp_lower));
-    if (name == "upper")
-      return Value::str(py_upper(s));
-    if (name == "title")
-      return Value::str(py_title(s));
-    if (name == "capitalize")
-      return Value::str(py_capitalize(s));
+    if (std::string cased; py_case(name, s, cased))
+      return Value::str(std::move(cased));
     if (name == "replace") {
       if (args.pos.size() < 2)
         fail("replace needs old and new");
@@ -3189,14 +3199,8 @@ class Renderer {
           lines.push_back(s.substr(b));
         return str_list(lines);
       }
-      if (name == "lower")
-        return Value::str(map_cps(s, cp_lower));
-      if (name == "upper")
-        return Value::str(py_upper(s));
-      if (name == "title")
-        return Value::str(py_title(s));
-      if (name == "capitalize")
-        return Value::str(py_capitalize(s));
+      if (std::string cased; py_case(name, s, cased))
+        return Value::str(std::move(cased));
       if (name == "replace") {
         if (args.pos.size() < 2)
           fail("replace() needs old and new");
