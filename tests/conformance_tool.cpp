@@ -576,7 +576,7 @@ void tokenize_data(
   const auto tokenizer = qat::data::hf_tokenizer(model_dir);
   qat::data::SourceOptions options;
   options.path = path;
-  options.documents = "paragraphs";
+  options.paragraphs = true;
   const auto source = qat::data::make_document_source(type, options, tokenizer);
   std::ofstream out(out_path);
   source->for_each([&](qat::data::Document&& doc) {

@@ -441,27 +441,31 @@ class TextTask final : public Task {
     }
     const auto type = recipe_.get<std::string>("data.type");
     data_name_ = type + " " + recipe_.get<std::string>("data.path");
+    // The options' words, read (and refused by key) before any file is.
+    const auto choice =
+        [&](const char* key, const char* first, const char* second) {
+          const auto value = recipe_.get<std::string>(key, first);
+          if (value != first && value != second)
+            recipe_.fail_at(
+                key, "'" + value + "' is neither " + first + " nor " + second);
+          return value == second;
+        };
+    const bool wide = choice("data.dtype", "uint16", "uint32");
+    data::SourceOptions o;
+    o.path = data_path(recipe_.get<std::string>("data.path"));
+    o.paragraphs = choice("data.documents", "file", "paragraphs");
+    o.text_field = recipe_.get<std::string>("data.text_field", o.text_field);
+    o.replace_invalid_utf8 = choice("data.invalid_utf8", "error", "replace");
     data::Corpus corpus;
     try {
       if (type == "tokens") {
-        const auto dtype = recipe_.get<std::string>("data.dtype", "uint16");
-        if (dtype != "uint16" && dtype != "uint32")
-          recipe_.fail_at(
-              "data.dtype", "'" + dtype + "' is not uint16 or uint32");
         corpus = data::map_token_files(
-            data_path(recipe_.get<std::string>("data.path")),
-            dtype == "uint16" ? 2 : 4,
+            o.path,
+            wide ? 4 : 2,
             recipe_.get<std::string>("data.validation_path", ""),
             held_out,
             tokenizer_->eos_id());
       } else {
-        data::SourceOptions o;
-        o.path = data_path(recipe_.get<std::string>("data.path"));
-        o.documents = recipe_.get<std::string>("data.documents", o.documents);
-        o.text_field =
-            recipe_.get<std::string>("data.text_field", o.text_field);
-        o.invalid_utf8 =
-            recipe_.get<std::string>("data.invalid_utf8", o.invalid_utf8);
         const auto source = data::make_document_source(type, o, tokenizer_);
         data::CorpusOptions c;
         c.held_out = held_out;

@@ -358,6 +358,11 @@ def check_refusals(qat, recipes, tmp, failures):
          "names no file"),
         ("unknown data type", ["data.type=parquet", f"data.path={TEXT}"],
          "unknown data type 'parquet'"),
+        ("unknown documents option", ["data.type=text", "data.documents=pages",
+                                      f"data.path={TEXT}"],
+         "data.documents: 'pages' is neither file nor paragraphs"),
+        ("unknown token width", ["data.type=tokens", "+data.dtype=int8", f"data.path={TEXT}"],
+         "data.dtype: 'int8' is neither uint16 nor uint32"),
     ]
     unigram = os.path.join(tmp, "unigram")
     shutil.copytree(model, unigram)

@@ -33,7 +33,7 @@ class ChatSource final : public FileSource {
   }
 
   void for_each(const std::function<void(Document&&)>& emit) const override {
-    const bool replace = options_.invalid_utf8 == "replace";
+    const bool replace = options_.replace_invalid_utf8;
     for (const auto& file : files_) {
       for_each_json_line(
           file,
@@ -45,8 +45,7 @@ class ChatSource final : public FileSource {
   }
 
   std::string fingerprint() const override {
-    return fingerprint_of(
-        "utf8=" + options_.invalid_utf8 + "\ntemplate=" + template_);
+    return fingerprint_of("\ntemplate=" + template_);
   }
 
  private:

@@ -12,7 +12,7 @@ class JsonlSource final : public FileSource {
   explicit JsonlSource(const SourceOptions& o) : FileSource("jsonl", o) {}
 
   void for_each(const std::function<void(Document&&)>& emit) const override {
-    const bool replace = options_.invalid_utf8 == "replace";
+    const bool replace = options_.replace_invalid_utf8;
     for (const auto& file : files_) {
       for_each_json_line(
           file,
@@ -27,11 +27,6 @@ class JsonlSource final : public FileSource {
             emit(Document{{{it->get<std::string>(), true}}});
           });
     }
-  }
-
-  std::string fingerprint() const override {
-    return fingerprint_of(
-        "field=" + options_.text_field + " utf8=" + options_.invalid_utf8);
   }
 };
 

@@ -9,14 +9,10 @@ namespace {
 
 class TextSource final : public FileSource {
  public:
-  explicit TextSource(const SourceOptions& o) : FileSource("text", o) {
-    if (o.documents != "file" && o.documents != "paragraphs")
-      throw std::invalid_argument(
-          "data.documents: '" + o.documents + "' is not file or paragraphs");
-  }
+  explicit TextSource(const SourceOptions& o) : FileSource("text", o) {}
 
   void for_each(const std::function<void(Document&&)>& emit) const override {
-    const bool replace = options_.invalid_utf8 == "replace";
+    const bool replace = options_.replace_invalid_utf8;
     for (const auto& file : files_) {
       std::ifstream in(file, std::ios::binary);
       if (!in)
@@ -24,7 +20,7 @@ class TextSource final : public FileSource {
       std::string text(
           (std::istreambuf_iterator<char>(in)),
           std::istreambuf_iterator<char>());
-      if (options_.documents == "file") {
+      if (!options_.paragraphs) {
         text = checked_utf8(std::move(text), file, 1, replace);
         if (!text.empty())
           emit(Document{{{std::move(text), true}}});
@@ -58,11 +54,6 @@ class TextSource final : public FileSource {
       }
       flush();
     }
-  }
-
-  std::string fingerprint() const override {
-    return "text documents=" + options_.documents +
-        " utf8=" + options_.invalid_utf8 + "\n" + files_fingerprint(files_);
   }
 };
 

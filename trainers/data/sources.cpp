@@ -82,6 +82,12 @@ uint64_t files_bytes(const std::vector<std::string>& files) {
   return total;
 }
 
+std::string SourceOptions::key() const {
+  return std::string("paragraphs=") + (paragraphs ? "1" : "0") +
+      " field=" + text_field +
+      " replace_utf8=" + (replace_invalid_utf8 ? "1" : "0");
+}
+
 FileSource::FileSource(std::string kind, const SourceOptions& options)
     : kind_(std::move(kind)),
       options_(options),
@@ -96,8 +102,9 @@ std::string FileSource::describe() const {
       options_.path;
 }
 
-std::string FileSource::fingerprint_of(const std::string& options) const {
-  return kind_ + " " + options + "\n" + files_fingerprint(files_);
+std::string FileSource::fingerprint_of(const std::string& extra) const {
+  return kind_ + " " + options_.key() + extra + "\n" +
+      files_fingerprint(files_);
 }
 
 std::string checked_utf8(

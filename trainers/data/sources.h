@@ -25,10 +25,15 @@
 namespace qat::data {
 
 struct SourceOptions {
-  std::string path;                   // a file, folder or glob
-  std::string documents = "file";     // text: file | paragraphs
-  std::string text_field = "text";    // jsonl
-  std::string invalid_utf8 = "error"; // error | replace (with U+FFFD)
+  std::string path; // a file, folder or glob
+  // text: a document per blank-line-separated paragraph, not per file.
+  bool paragraphs = false;
+  std::string text_field = "text"; // jsonl
+  // Invalid UTF-8 becomes U+FFFD instead of an error naming file:line.
+  bool replace_invalid_utf8 = false;
+
+  // The options' part of a cache key.
+  std::string key() const;
 };
 
 // The types make_document_source accepts.
@@ -74,12 +79,16 @@ class FileSource : public DocumentSource {
  public:
   FileSource(std::string kind, const SourceOptions& options);
   uint64_t total_bytes() const override;
+  std::string fingerprint() const override {
+    return fingerprint_of();
+  }
   // "<kind>: N file(s) at <data.path>"
   std::string describe() const override;
 
  protected:
-  // "<kind> <options>" and the files' fingerprint: the cache key.
-  std::string fingerprint_of(const std::string& options) const;
+  // The kind, the options (and `extra`) and the files' fingerprint: the
+  // cache key.
+  std::string fingerprint_of(const std::string& extra = "") const;
   std::string kind_;
   SourceOptions options_;
   std::vector<std::string> files_;
