@@ -143,9 +143,8 @@ TokenArray TokenArray::map(
           std::to_string(t.size_) + " tokens");
     t.mask_ = mask->data();
   }
-  t.keep_ = std::make_shared<std::pair<
-      std::shared_ptr<const MappedFile>,
-      std::shared_ptr<const MappedFile>>>(tokens, mask);
+  t.file_ = tokens;
+  t.keep_ = mask;
   return t;
 }
 
@@ -160,9 +159,15 @@ TokenArray TokenArray::owned(std::vector<uint32_t> ids) {
 }
 
 int64_t TokenArray::max_token() const {
+  constexpr int64_t kChunk = int64_t{1} << 24; // tokens
   int64_t best = -1;
-  for (int64_t i = 0; i < size_; ++i)
-    best = std::max(best, token(i));
+  for (int64_t begin = 0; begin < size_; begin += kChunk) {
+    const int64_t end = std::min(size_, begin + kChunk);
+    for (int64_t i = begin; i < end; ++i)
+      best = std::max(best, token(i));
+    if (file_)
+      file_->release(tokens_ + begin * width_, tokens_ + end * width_);
+  }
   return best;
 }
 
@@ -347,12 +352,15 @@ Corpus map_token_files(
   } else {
     int64_t cut = all.size() -
         static_cast<int64_t>(static_cast<double>(all.size()) * held_out);
-    // Back to the end of a document, so that none straddles the cut.
+    // Back to the end of a document, so that none straddles the cut; looked
+    // for within the held-out length only (a file without EOS tokens would
+    // otherwise be read whole at start-up), else the cut stays.
     if (eos_id >= 0) {
+      const int64_t limit = std::max<int64_t>(0, cut - (all.size() - cut));
       int64_t at = cut;
-      while (at > 0 && all.token(at - 1) != eos_id)
+      while (at > limit && all.token(at - 1) != eos_id)
         --at;
-      if (at > 0)
+      if (at > limit)
         cut = at;
     }
     c.train = all.slice(0, cut);

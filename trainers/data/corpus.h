@@ -21,6 +21,10 @@
 
 #include "trainers/data/tokenizer.h"
 
+namespace qat {
+class MappedFile;
+}
+
 namespace qat::data {
 
 struct Document {
@@ -74,13 +78,15 @@ class TokenArray {
   uint8_t trained(int64_t i) const {
     return mask_ ? mask_[i] : 1;
   }
-  // The largest id (a scan; for checking against the vocabulary).
+  // The largest id: a scan that drops the file's pages behind it, so that
+  // checking a corpus larger than memory does not keep it resident.
   int64_t max_token() const;
   // The part [begin, begin + length) as a view (same mapping).
   TokenArray slice(int64_t begin, int64_t length) const;
 
  private:
-  std::shared_ptr<const void> keep_; // the mappings
+  std::shared_ptr<const void> keep_;       // what the pointers point into
+  std::shared_ptr<const MappedFile> file_; // the tokens' mapping, if mapped
   const unsigned char* tokens_ = nullptr;
   const uint8_t* mask_ = nullptr;
   int64_t size_ = 0;
@@ -120,7 +126,9 @@ Corpus tokenize_corpus(
 // data.type tokens: a pre-tokenized file (the nanoGPT / Megatron convention:
 // a flat array of uint16 or uint32 ids). The validation and test tokens come
 // from `validation_path` (its halves) when given, else from the file's last
-// held_out fraction, cut at an EOS token so that no document straddles.
+// held_out fraction, cut at an EOS token so that no document straddles (the
+// last EOS within that many tokens before the cut; none there: the cut
+// stays).
 Corpus map_token_files(
     const std::string& path,
     int width,
