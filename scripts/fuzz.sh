@@ -17,8 +17,9 @@ torch=$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 
 binary=$out/fuzz_readers
 sources=("$root/tests/fuzz/fuzz_readers.cpp" "$root/qat/export/gguf.cpp" "$root/qat/export/atomic_file.cpp"
-         "$root/qat/export/safetensors.cpp" "$root/qat/export/mapped_file.cpp" "$root/kernels/ref/gguf_ref.cpp")
-if [[ ! -x $binary || -n $(find "${sources[@]}" "$root"/qat/export/*.h "$root"/kernels/*.h -newer "$binary") ]]; then
+         "$root/qat/export/safetensors.cpp" "$root/qat/export/mapped_file.cpp" "$root/kernels/ref/gguf_ref.cpp"
+         "$root/trainers/text/hf_tokenizer.cpp" "$root/trainers/text/chat_template.cpp")
+if [[ ! -x $binary || -n $(find "${sources[@]}" "$root"/qat/export/*.h "$root"/kernels/*.h "$root"/trainers/text/*.h "$root"/trainers/text/*.inc -newer "$binary") ]]; then
   echo "[fuzz] building $binary"
   clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_GLIBCXX_USE_CXX11_ABI=1 -I"$root" -isystem "$torch/include" \
@@ -44,6 +45,28 @@ for name, t in (("q8", GGMLQuantizationType.Q8_0), ("q4", GGMLQuantizationType.Q
     w.add_tensor(name, quantize(x, t), raw_dtype=t)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 save_file({"a": x, "b": np.arange(6, dtype=np.int64).reshape(2, 3)}, f"{out}/seed.safetensors", {"k": "v"})
+# A small byte-level BPE and a SentencePiece-style one, trained by Hugging Face tokenizers, and a
+# chat template in the style of SmolLM2's.
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+text = ["In the beginning God created the heaven and the earth. 1234 caf\u00e9"] * 20
+bl = Tokenizer(models.BPE())
+bl.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False)])
+bl.decoder = decoders.ByteLevel()
+bl.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>"],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+bl.save(f"{out}/seed-bytelevel.tokenizer.json")
+sp = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+sp.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+sp.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+sp.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>"]))
+sp.save(f"{out}/seed-sentencepiece.tokenizer.json")
+open(f"{out}/seed.jinja", "w").write(
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nHi<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] "
+    "+ '\\n' + message['content'] | trim + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 PY
 
 echo "[fuzz] running for ${seconds} s"

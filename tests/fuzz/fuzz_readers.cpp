@@ -1,6 +1,9 @@
 // libFuzzer target for the file readers that take files from the internet:
 // every input goes through the GGUF reader (and every tensor through
-// dequantization) and through the safetensors reader (and every tensor out).
+// dequantization), the safetensors reader (and every tensor out), the
+// tokenizer.json reader (and an encode / decode of a fixed text) and the chat
+// template parser. (Templates are parsed, not rendered: a template may loop
+// for as long as it likes, which is no finding.)
 // A reader may refuse an input with its own error; anything else (a crash, a
 // sanitizer report, another exception, a hang) is a finding.
 //
@@ -13,6 +16,8 @@
 
 #include "qat/export/gguf.h"
 #include "qat/export/safetensors.h"
+#include "trainers/text/chat_template.h"
+#include "trainers/text/hf_tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path =
@@ -31,6 +36,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto file = qat::safetensors::File::read(path);
     for (const auto& name : file.names())
       (void)file.tensor(name);
+  } catch (const std::runtime_error&) {
+  }
+  try {
+    const auto tokenizer = qat::text::HfTokenizer::from_file(path);
+    (void)tokenizer.decode(
+        tokenizer.encode("Hello, world! 12345 \xc3\xa9t\xc3\xa9", true));
+  } catch (const std::runtime_error&) {
+  } catch (const std::invalid_argument&) {
+  }
+  try {
+    (void)qat::text::ChatTemplate::parse(
+        std::string(reinterpret_cast<const char*>(data), size), "fuzz");
   } catch (const std::runtime_error&) {
   }
   return 0;
