@@ -40,6 +40,8 @@
 
 namespace qat::train {
 
+struct JobContext; // trainers/job/context.h
+
 class TrainingError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -118,8 +120,7 @@ class Job {
   const std::string& run_dir() const;
 
  private:
-  struct State;
-  std::unique_ptr<State> state_;
+  std::unique_ptr<JobContext> job_;
 };
 
 } // namespace qat::train
