@@ -387,41 +387,69 @@ QAT_HOST_DEVICE float half_bits_to_float(uint16_t h) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GGUF block quantization: ggml's Q8_0 and Q4_0, with the rules of its
-// quantize_row_q8_0_ref / quantize_row_q4_0_ref (and gguf-py's numpy port), so
+// GGUF block quantization: ggml's 32-value blocks Q8_0, Q4_0, Q5_0 and Q5_1,
+// with the rules of its quantize_row_q*_ref (and gguf-py's numpy port), so
 // that a model trained with them exports to GGUF with no further loss. Each
-// block of 32 consecutive values has one scale d, stored as an IEEE half:
+// block of 32 consecutive values has one scale d (and Q5_1 a minimum m),
+// stored as IEEE halves:
 //
 //   Q8_0  d = max|x| / 127,  q = roundf(x * (1 / d))  (half away from zero),
 //         q in [-127, 127],  x' = q * half(d)
-//   Q4_0  d = m / -8 where m is the value of largest magnitude (the first, on
+//   Q4_0  d = v / -8 where v is the value of largest magnitude (the first, on
 //         ties; d may be negative),  q = min(15, trunc(x * (1 / d) + 8.5)),
 //         x' = (q - 8) * half(d)
+//   Q5_0  as Q4_0 with 5 bits: d = v / -16,  q = min(31, trunc(x * (1 / d) +
+//         16.5)),  x' = (q - 16) * half(d)
+//   Q5_1  d = (max - min) / 31,  q = trunc((x - min) * (1 / d) + 0.5),
+//         x' = q * half(d) + half(min)
 //
-// Codes are computed with the float d and dequantized with the stored half(d);
-// 1 / d is 0 where d is 0. x * (1 / d) + 8.5 rounds twice (no FMA: ggml's
-// reference, numpy and our kernels agree only without contraction). Only Q4_0
-// clips: the positive end of a block whose largest magnitude is negative can
-// reach code 16; such values get no straight-through gradient. NaN values do
+// Codes are computed with the float d (and min) and dequantized with the
+// stored halves; 1 / d is 0 where d is 0. x * (1 / d) + 8.5 rounds twice (no
+// FMA: ggml's reference, numpy and our kernels agree only without
+// contraction). Q5_1's q * half(d) is exact (5 by 11 significant bits), so
+// its + half(min) rounds once with or without FMA. Only Q4_0 and Q5_0 clip:
+// the positive end of a block whose largest magnitude is negative can reach
+// code 16 (32); such values get no straight-through gradient. NaN values do
 // not enter the scale and stay NaN.
+//
+// The K-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256) share the GgufType
+// enum; their rules are in kernels/ref/gguf_kquant_ref.h.
 // ---------------------------------------------------------------------------------------------
 
-enum class GgufType : int { q8_0 = 0, q4_0 = 1 };
+enum class GgufType : int {
+  q8_0 = 0,
+  q4_0 = 1,
+  q5_0 = 2,
+  q5_1 = 3,
+  q4_k = 4,
+  q5_k = 5,
+  q6_k = 6,
+};
 constexpr int kGgufBlockSize = 32;
+
+QAT_HOST_DEVICE bool gguf_is_kquant(GgufType type) {
+  return type == GgufType::q4_k || type == GgufType::q5_k ||
+      type == GgufType::q6_k;
+}
 
 struct GgufBlock {
   uint16_t d_bits;              // the stored half scale
-  int8_t codes[kGgufBlockSize]; // Q8_0: -127..127; Q4_0: 0..15
+  uint16_t m_bits;              // Q5_1: the stored half minimum (else 0)
+  int8_t codes[kGgufBlockSize]; // Q8_0: -127..127; Q4_0: 0..15; Q5_*: 0..31
   uint32_t in_range;            // bit j: x[j] was not clipped (nor NaN)
 };
 
+// The code that stands for zero (Q4_0, Q5_0) or 0 (Q8_0 is signed, Q5_1
+// offsets by its minimum).
 QAT_HOST_DEVICE int gguf_code_offset(GgufType type) {
-  return type == GgufType::q4_0 ? 8 : 0;
+  return type == GgufType::q4_0 ? 8 : (type == GgufType::q5_0 ? 16 : 0);
 }
 
+// One 32-value block (Q8_0, Q4_0, Q5_0 or Q5_1), as ggml stores it.
 template <typename T>
 QAT_HOST_DEVICE GgufBlock gguf_quantize_block(GgufType type, const T* x) {
   float magnitude = 0.0f, largest = 0.0f;
+  float low = 3.40282347e+38f, high = -3.40282347e+38f; // ggml: FLT_MAX
   for (int j = 0; j < kGgufBlockSize; ++j) {
     const float v = to_float(x[j]);
     const float m = v < 0.0f ? -v : v;
@@ -429,12 +457,23 @@ QAT_HOST_DEVICE GgufBlock gguf_quantize_block(GgufType type, const T* x) {
       magnitude = m;
       largest = v;
     }
+    low = v < low ? v : low;
+    high = v > high ? v : high;
   }
-  const float d = type == GgufType::q8_0 ? magnitude / 127.0f : largest / -8.0f;
+  const bool minimum = type == GgufType::q5_1;
+  const float d = type == GgufType::q8_0 ? magnitude / 127.0f
+      : minimum                          ? (high - low) / 31.0f
+                : largest / -static_cast<float>(gguf_code_offset(type));
   const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
-  GgufBlock block{half_bits_from_float(d), {}, 0u};
+  GgufBlock block{
+      half_bits_from_float(d),
+      minimum ? half_bits_from_float(low) : uint16_t(0),
+      {},
+      0u};
+  const float max_code = type == GgufType::q4_0 ? 15.0f : 31.0f;
   for (int j = 0; j < kGgufBlockSize; ++j) {
-    const float scaled = to_float(x[j]) * inv_d;
+    const float v = to_float(x[j]);
+    const float scaled = (minimum ? v - low : v) * inv_d;
     float code;
     bool in_range;
     if (type == GgufType::q8_0) {
@@ -442,10 +481,11 @@ QAT_HOST_DEVICE GgufBlock gguf_quantize_block(GgufType type, const T* x) {
       in_range = code >= -127.0f && code <= 127.0f;
       code = code < -127.0f ? -127.0f : (code > 127.0f ? 127.0f : code);
     } else {
-      const float shifted = scaled + 8.5f;
+      const float shifted = scaled +
+          (minimum ? 0.5f : static_cast<float>(gguf_code_offset(type)) + 0.5f);
       code = truncf(shifted);
-      in_range = code >= 0.0f && code <= 15.0f;
-      code = code < 0.0f ? 0.0f : (code > 15.0f ? 15.0f : code);
+      in_range = code >= 0.0f && code <= max_code;
+      code = code < 0.0f ? 0.0f : (code > max_code ? max_code : code);
     }
     block.codes[j] =
         in_range || scaled == scaled ? static_cast<int8_t>(code) : int8_t(0);
@@ -454,7 +494,7 @@ QAT_HOST_DEVICE GgufBlock gguf_quantize_block(GgufType type, const T* x) {
   return block;
 }
 
-// x' of element j: (code - offset) * half(d), NaN where x was NaN.
+// x' of element j, NaN where x was NaN.
 template <typename T>
 QAT_HOST_DEVICE float gguf_dequantize(
     GgufType type,
@@ -464,8 +504,11 @@ QAT_HOST_DEVICE float gguf_dequantize(
   const float v = to_float(x[j]);
   if (v != v)
     return v;
-  return static_cast<float>(block.codes[j] - gguf_code_offset(type)) *
-      half_bits_to_float(block.d_bits);
+  const float d = half_bits_to_float(block.d_bits);
+  if (type == GgufType::q5_1)
+    return static_cast<float>(block.codes[j]) * d +
+        half_bits_to_float(block.m_bits);
+  return static_cast<float>(block.codes[j] - gguf_code_offset(type)) * d;
 }
 
 // Fake-quant of one block of 32: y = x', mask (may be null) = not clipped.

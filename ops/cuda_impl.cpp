@@ -57,6 +57,11 @@ struct Cuda {
       uint8_t* mask,
       kernels::GgufType type,
       int64_t blocks) {
+    TORCH_CHECK(
+        !kernels::gguf_is_kquant(type),
+        "qat::fake_quant_gguf: the K-quant ",
+        kernels::gguf_type_info(type).name,
+        " has no CUDA kernel yet; fake-quantize it on the CPU");
     check_launch(kernels::cuda::fake_quant_gguf(
         x, y, mask, type, blocks, at::cuda::getCurrentCUDAStream()));
   }

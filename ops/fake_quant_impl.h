@@ -104,7 +104,7 @@ struct FakeQuantOps {
       bool with_mask) {
     constexpr std::string_view op = "qat::fake_quant_gguf";
     const kernels::GgufType gguf = parse_gguf_type(op, type);
-    check_gguf_input(op, input);
+    check_gguf_input(op, input, gguf);
     const typename Device::Guard guard(input.device());
     const at::Tensor x = input.contiguous();
     at::Tensor output = at::empty_like(x);
@@ -116,7 +116,7 @@ struct FakeQuantOps {
           data_as<T>(output),
           with_mask ? data_as<uint8_t>(mask) : nullptr,
           gguf,
-          x.numel() / kernels::kGgufBlockSize);
+          x.numel() / kernels::gguf_type_info(gguf).block_size);
     });
     return {output, mask};
   }

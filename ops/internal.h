@@ -74,7 +74,10 @@ kernels::Fp8Format parse_fp8_format(
 // "q8_0" or "q4_0".
 kernels::GgufType parse_gguf_type(std::string_view op, std::string_view type);
 // float32 / bfloat16, last dimension a multiple of the 32-element block.
-void check_gguf_input(std::string_view op, const at::Tensor& input);
+void check_gguf_input(
+    std::string_view op,
+    const at::Tensor& input,
+    kernels::GgufType type);
 
 // Calls fn with a null pointer of the kernel element type for `dtype` (float or
 // BFloat16); the kernels' BFloat16 has the layout of c10::BFloat16.

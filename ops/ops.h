@@ -61,9 +61,10 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_fp8_cachemask(
     int64_t group_size,
     std::string_view format);
 
-// GGUF block fake-quant ("q8_0" or "q4_0"): blocks of 32 along the last
-// dimension, each with its own scale computed from the block (the rules in
-// kernels/quant_math.h), dequantized with the half-precision scale GGUF stores.
+// GGUF block fake-quant ("q8_0", "q4_0", "q5_0", "q5_1", "q4_k", "q5_k",
+// "q6_k"; kernels/ref/gguf_ref.h): blocks of 32 (K-quants: 256) along the last
+// dimension, each with the scales ggml's quantizer computes from the block,
+// dequantized as ggml reads what it stores. The K-quants run on the CPU only.
 at::Tensor fake_quant_gguf(const at::Tensor& input, std::string_view type);
 std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask(
     const at::Tensor& input,

@@ -263,31 +263,41 @@ kernels::Fp8Format parse_fp8_format(
 }
 
 kernels::GgufType parse_gguf_type(std::string_view op, std::string_view type) {
-  if (type == "q8_0")
-    return kernels::GgufType::q8_0;
-  if (type == "q4_0")
-    return kernels::GgufType::q4_0;
+  if (const auto* info = kernels::find_gguf_type(type))
+    return info->type;
+  int count = 0;
+  const auto* types = kernels::gguf_types(&count);
+  std::string names;
+  for (int i = 0; i < count; ++i)
+    names += (i ? ", '" : "'") + std::string(types[i].name) + "'";
   TORCH_CHECK(
       false,
       op,
       ": unknown GGUF block type '",
       std::string(type),
-      "'; expected 'q8_0' or 'q4_0'");
+      "'; expected one of ",
+      names);
 }
 
-void check_gguf_input(std::string_view op, const at::Tensor& input) {
+void check_gguf_input(
+    std::string_view op,
+    const at::Tensor& input,
+    kernels::GgufType type) {
+  const auto& info = kernels::gguf_type_info(type);
   TORCH_CHECK(
       input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
       op,
       ": input must be float32 or bfloat16, got ",
       input.scalar_type());
   TORCH_CHECK(
-      input.dim() >= 1 && input.size(-1) % kernels::kGgufBlockSize == 0,
+      input.dim() >= 1 && input.size(-1) % info.block_size == 0,
       op,
-      ": GGUF blocks are ",
-      kernels::kGgufBlockSize,
+      ": GGUF ",
+      info.name,
+      " blocks are ",
+      info.block_size,
       " consecutive values of the last dimension, which must be a multiple of ",
-      kernels::kGgufBlockSize,
+      info.block_size,
       "; got shape ",
       input.sizes());
 }
@@ -392,7 +402,7 @@ TORCH_LIBRARY(qat, m) {
   m.def(
       "fake_quant_fp8_cachemask(Tensor input, Tensor scale, int? axis, int group_size, "
       "str format) -> (Tensor output, Tensor mask)");
-  // GGUF Q8_0 / Q4_0 blocks of 32 along the last dimension, scales computed
+  // GGUF blocks (Q8_0 ... Q6_K) along the last dimension, scales computed
   // from each block (kernels/quant_math.h), straight-through gradient.
   m.def("fake_quant_gguf(Tensor input, str type) -> Tensor");
   m.def(

@@ -48,42 +48,42 @@ bool packed(const QuantSpec& spec) {
 }
 
 kernels::GgufType gguf_type(const QuantSpec& spec) {
-  return spec.gguf() == GgufRule::q4_0 ? kernels::GgufType::q4_0
-                                       : kernels::GgufType::q8_0;
+  return static_cast<kernels::GgufType>(static_cast<int>(spec.gguf()) - 1);
 }
 
 // GGUF: ggml's block bytes, one row of blocks per row of the weight; the
-// stored half scales as float for inspection.
+// stored half scale d of each block as float for inspection.
 QuantizedWeight quantize_gguf(
     const torch::Tensor& weight,
     const QuantSpec& spec) {
   const torch::Tensor w = weight.cpu();
+  const auto& info = kernels::gguf_type_info(gguf_type(spec));
   const int64_t n = w.numel(), row_len = w.size(-1);
-  if (row_len % kernels::kGgufBlockSize != 0) {
+  if (row_len % info.block_size != 0) {
     throw std::invalid_argument(
-        std::string("convert: GGUF ") + spec.gguf_name() +
-        " blocks need a last dimension that is a multiple of 32, got " +
-        std::to_string(row_len));
+        std::string("convert: GGUF ") + info.name + " blocks need a last " +
+        "dimension that is a multiple of " + std::to_string(info.block_size) +
+        ", got " + std::to_string(row_len));
   }
-  const auto type = gguf_type(spec);
-  const int64_t blocks = n / kernels::kGgufBlockSize;
+  const int64_t blocks = n / info.block_size;
   auto shape = w.sizes().vec();
-  shape.back() =
-      row_len / kernels::kGgufBlockSize * kernels::gguf_block_bytes(type);
+  shape.back() = row_len / info.block_size * info.block_bytes;
   QuantizedWeight q{
       spec, w.sizes().vec(), torch::empty(shape, torch::kByte), {}, {}};
   kernels::quantize_gguf_ref(
-      w.const_data_ptr<float>(), n, type, q.data.mutable_data_ptr<uint8_t>());
-  // The half scale of each block: its first two bytes.
+      w.const_data_ptr<float>(),
+      n,
+      info.type,
+      q.data.mutable_data_ptr<uint8_t>());
   const auto block_bytes = q.data.view({blocks, -1});
-  q.scale = block_bytes.narrow(1, 0, 2)
+  q.scale = block_bytes.narrow(1, info.scale_offset, 2)
                 .contiguous()
                 .view(torch::kShort)
                 .view(torch::kHalf)
                 .to(torch::kFloat)
                 .view([&] {
                   auto s = w.sizes().vec();
-                  s.back() /= kernels::kGgufBlockSize;
+                  s.back() /= info.block_size;
                   return s;
                 }());
   q.data = q.data.to(weight.device());
@@ -142,17 +142,14 @@ QuantizedWeight QuantizedWeight::quantize(
 
 torch::Tensor QuantizedWeight::codes() const {
   if (spec.gguf() != GgufRule::none) {
-    // Codes relative to the zero: Q8_0 bytes 2.., Q4_0 nibbles minus 8.
-    const auto type = gguf_type(spec);
-    const auto blocks =
-        data.reshape({-1, kernels::gguf_block_bytes(type)}).slice(1, 2);
-    const torch::Tensor codes = type == kernels::GgufType::q8_0
-        ? blocks.view(torch::kChar).to(torch::kInt)
-        : torch::cat(
-              {blocks.bitwise_and(0x0F), blocks.bitwise_right_shift(4)}, 1)
-                .to(torch::kInt) -
-            8;
-    return codes.reshape(shape);
+    const torch::Tensor bytes = data.cpu().contiguous();
+    torch::Tensor out = torch::empty(shape, torch::kInt);
+    kernels::gguf_codes_ref(
+        bytes.const_data_ptr<uint8_t>(),
+        out.numel(),
+        gguf_type(spec),
+        out.mutable_data_ptr<int32_t>());
+    return out.to(data.device());
   }
   if (spec.is_fp8())
     return data.to(torch::kFloat);

@@ -22,9 +22,10 @@ struct QuantizedWeight {
   torch::Tensor data;         // int8 codes; uint8 [.., n/2] for <= 4 bits
                               // (two codes a byte, low nibble first, offset
                               // to unsigned); float8 values for FP8; GGUF:
-                              // ggml's block bytes, uint8 [.., n/32*bytes]
+                              // ggml's block bytes, uint8 [.., n/block*bytes]
   torch::Tensor scale;        // float32, in the qat ops' layout for `spec`
-                              // (GGUF: the stored half scales, [.., n/32])
+                              // (GGUF: each block's stored half d,
+                              // [.., n/block])
   torch::Tensor zero_point;   // int32, same shape (empty for FP8 and GGUF)
 
   // Quantizes `weight` with `spec` and the given scale / zero point (GGUF
@@ -34,7 +35,8 @@ struct QuantizedWeight {
       const QuantSpec& spec,
       const torch::Tensor& scale,
       const torch::Tensor& zero_point);
-  // The integer codes (int32) or FP8 values (float32), unpacked.
+  // The integer codes (int32) or FP8 values (float32), unpacked (GGUF: see
+  // kernels::gguf_codes_ref).
   torch::Tensor codes() const;
   // (codes - zero_point) * scale, or fp8 * scale, in float32 and `shape`.
   torch::Tensor dequantize() const;

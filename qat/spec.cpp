@@ -1,5 +1,7 @@
 #include "qat/spec.h"
 
+#include "kernels/ref/gguf_ref.h"
+
 #include <sstream>
 #include <stdexcept>
 
@@ -73,25 +75,24 @@ void QuantSpec::validate() const {
 }
 
 QuantSpec QuantSpec::gguf_block(GgufRule rule) {
+  const auto& info = kernels::gguf_type_info(
+      static_cast<kernels::GgufType>(static_cast<int>(rule) - 1));
   return QuantSpec()
-      .bits(rule == GgufRule::q4_0 ? 4 : 8)
+      .bits(info.bits)
       .granularity(Granularity::per_group)
       .axis(-1)
-      .group_size(32)
+      .group_size(info.block_size)
+      .symmetric(!info.has_minimum)
       .dynamic(true)
       .gguf(rule);
 }
 
 const char* QuantSpec::gguf_name() const {
-  switch (gguf_) {
-    case GgufRule::q8_0:
-      return "q8_0";
-    case GgufRule::q4_0:
-      return "q4_0";
-    case GgufRule::none:
-      break;
-  }
-  return nullptr;
+  if (gguf_ == GgufRule::none)
+    return nullptr;
+  return kernels::gguf_type_info(
+             static_cast<kernels::GgufType>(static_cast<int>(gguf_) - 1))
+      .name;
 }
 
 int64_t QuantSpec::quant_min() const {

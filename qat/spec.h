@@ -34,12 +34,14 @@ enum class Granularity {
   per_token,   // one scale per row of the last dimension (dynamic activations)
 };
 
-// GGUF block rules (ggml's Q8_0 and Q4_0, see kernels/quant_math.h): blocks of
-// 32 along the last dimension, scales computed from each block and stored as
-// half, ggml's rounding. A spec with one of them is that exact format
-// (QuantSpec::gguf_block), so a model trained with it exports to GGUF with no
-// further loss.
-enum class GgufRule { none, q8_0, q4_0 };
+// GGUF block rules: ggml's 32-value blocks Q8_0, Q4_0, Q5_0, Q5_1 and its
+// K-quants Q4_K, Q5_K, Q6_K (256-value super-blocks), along the last
+// dimension, scales computed from each block as ggml's quantize_row_*_ref
+// computes them and stored as half (kernels/ref/gguf_ref.h has one row per
+// type). A spec with one of them is that exact format (QuantSpec::gguf_block),
+// so a model trained with it exports to GGUF with no further loss. The order
+// is kernels::GgufType's, one later.
+enum class GgufRule { none, q8_0, q4_0, q5_0, q5_1, q4_k, q5_k, q6_k };
 
 // How a symmetric integer scale follows from the largest magnitude `amax` it
 // must hold. Only observers and dynamic scales use it; a learned or stored
@@ -77,8 +79,9 @@ struct QuantSpec {
   TORCH_ARG(SymmetricScale, symmetric_scale) = SymmetricScale::qmax;
 
  public:
-  // The whole spec of a GGUF block format: int8 (Q8_0) or int4 (Q4_0)
-  // symmetric, per_group(axis=-1, group=32), dynamic, with that rule.
+  // The whole spec of a GGUF block format: its bits, per_group(axis=-1,
+  // group = its block size, 32 or 256), symmetric unless it stores minimums,
+  // dynamic, with that rule.
   static QuantSpec gguf_block(GgufRule rule);
 
   // Throws std::invalid_argument with a message naming the field and the
@@ -97,7 +100,7 @@ struct QuantSpec {
   // 448/57344 for FP8).
   double format_max() const;
   const char* fp8_name() const;  // "e4m3fn" / "e5m2"
-  const char* gguf_name() const; // "q8_0" / "q4_0" (nullptr for none)
+  const char* gguf_name() const; // "q8_0", "q4_k", ... (nullptr for none)
 
   // Arguments of the qat ops for a tensor of `dim` dimensions whose last size
   // is `last_size`.

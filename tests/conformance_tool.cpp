@@ -105,27 +105,30 @@ void roundtrip(const char* in_path, const char* out_path) {
   qat::safetensors::write(out_path, tensors, in.metadata());
 }
 
+// Each tensor in every GGUF block type whose block divides its rows: the
+// stored bytes ("NAME.TYPE") and the qat::fake_quant_gguf op's values
+// ("NAME.fq_TYPE").
 void gguf(const char* in_path, const char* out_path) {
-  using qat::kernels::GgufType;
   const auto in = qat::safetensors::File::read(in_path);
   Tensors out;
+  int count = 0;
+  const auto* types = qat::kernels::gguf_types(&count);
   for (const auto& name : in.names()) {
     const torch::Tensor x = in.tensor(name).contiguous();
-    for (const auto& [type, type_name] :
-         {std::pair{GgufType::q8_0, "q8_0"},
-          std::pair{GgufType::q4_0, "q4_0"}}) {
+    for (int t = 0; t < count; ++t) {
+      const auto& info = types[t];
+      if (x.size(-1) % info.block_size != 0)
+        continue;
       torch::Tensor bytes = torch::empty(
-          {x.numel() / qat::kernels::kGgufBlockSize *
-           qat::kernels::gguf_block_bytes(type)},
-          torch::kByte);
+          {x.numel() / info.block_size * info.block_bytes}, torch::kByte);
       qat::kernels::quantize_gguf_ref(
           x.const_data_ptr<float>(),
           x.numel(),
-          type,
+          info.type,
           bytes.mutable_data_ptr<uint8_t>());
-      out.emplace_back(name + "." + type_name, bytes);
+      out.emplace_back(name + "." + info.name, bytes);
       out.emplace_back(
-          name + ".fq_" + type_name, qat::ops::fake_quant_gguf(x, type_name));
+          name + ".fq_" + info.name, qat::ops::fake_quant_gguf(x, info.name));
     }
   }
   qat::safetensors::write(out_path, out);
@@ -350,9 +353,10 @@ void gguf_quantize(
   const auto source = qat::gguf::File::read(in_path);
   LlamaForCausalLM lm = load_llama_gguf(source);
   if (type != "f32") {
-    if (type != "q8_0" && type != "q4_0")
+    if (!qat::kernels::find_gguf_type(type))
       throw std::invalid_argument(
-          "gguf-quantize: type '" + type + "'; expected f32, q8_0 or q4_0");
+          "gguf-quantize: type '" + type +
+          "'; expected f32 or a GGUF block type");
     qat::prepare(
         *lm,
         {{qat::QuantRule::quantize(

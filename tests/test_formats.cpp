@@ -179,15 +179,44 @@ TEST(Gguf, GradientIsStraightThroughWhereNothingClips) {
   x.mutable_grad().reset();
   ops::fake_quant_gguf(x, "q8_0").backward(dy);
   EXPECT_TRUE(torch::equal(x.grad(), dy));
+
+  // The K-quants clip where the 6-bit sub-block scale, rounded, leaves a
+  // value beyond the largest code: there, and only there, no gradient, and
+  // the output is the sub-block's end of range.
+  torch::manual_seed(3);
+  const auto w =
+      (torch::randn({8, 256}) * torch::rand({8, 1}) * 4).requires_grad_();
+  const auto dw = torch::rand({8, 256}) + 0.5;
+  for (const char* type : {"q4_k", "q5_k", "q6_k"}) {
+    w.mutable_grad().reset();
+    const auto [y, mask] = ops::fake_quant_gguf_cachemask(w.detach(), type);
+    ops::fake_quant_gguf(w, type).backward(dw);
+    EXPECT_TRUE(torch::equal(w.grad(), dw * mask.to(torch::kFloat))) << type;
+    // Where a value passes (mask 1), it is within half a step of its
+    // fake-quantized value: |y - w| is at most the sub-block's scale / 2,
+    // which is below the block's range / (2 * (levels - 1)) plus the scale
+    // quantization; check the loose form, max |y - w| <= max |w| / 8.
+    const auto error = (y - w.detach()).abs() * mask.to(torch::kFloat);
+    EXPECT_LE(
+        error.max().item<float>(), w.detach().abs().max().item<float>() / 8)
+        << type;
+  }
 }
 
 TEST(Gguf, BFloat16AndBatchesAreBlocksOfTheLastDimension) {
   torch::manual_seed(5);
-  const auto x = torch::randn({3, 2, 64});
-  for (const char* type : {"q8_0", "q4_0"}) {
+  const auto x = torch::randn({3, 2, 512});
+  for (const auto& [type, block] :
+       {std::pair{"q8_0", 32},
+        std::pair{"q4_0", 32},
+        std::pair{"q5_0", 32},
+        std::pair{"q5_1", 32},
+        std::pair{"q4_k", 256},
+        std::pair{"q5_k", 256},
+        std::pair{"q6_k", 256}}) {
     const auto whole = ops::fake_quant_gguf(x, type);
     // Each block on its own gives the same values: blocks never span rows.
-    const auto blocks = ops::fake_quant_gguf(x.reshape({-1, 32}), type);
+    const auto blocks = ops::fake_quant_gguf(x.reshape({-1, block}), type);
     EXPECT_TRUE(bitwise_equal(whole, blocks.view(x.sizes()))) << type;
     const auto xb = x.to(torch::kBFloat16);
     EXPECT_TRUE(bitwise_equal(
@@ -217,8 +246,15 @@ TEST(Gguf, BadArgumentsGiveClearErrors) {
       },
       "must be a multiple of 32; got shape [4, 48]");
   expect_error(
-      [] { ops::fake_quant_gguf(torch::randn({32}), "q5_1"); },
-      "unknown GGUF block type 'q5_1'");
+      [] { ops::fake_quant_gguf(torch::randn({32}), "q3_k"); },
+      "unknown GGUF block type 'q3_k'; expected one of 'q8_0'");
+  // A K-quant super-block is 256 values.
+  expect_error(
+      [] {
+        ops::fake_quant_gguf(torch::randn({2, 576}), "q4_k");
+      },
+      "GGUF q4_k blocks are 256 consecutive values of the last dimension, "
+      "which must be a multiple of 256; got shape [2, 576]");
   expect_error(
       [] {
         ops::fake_quant_gguf(torch::randn({32}).to(torch::kDouble), "q8_0");

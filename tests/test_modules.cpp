@@ -526,11 +526,17 @@ TEST(Convert, EveryPresetMatchesFakeQuantAndAtenCodes) {
 // weight is ggml's block bytes, and serving them changes no bit.
 TEST(Convert, GgufPresetsConvertToGgmlBlocks) {
   torch::manual_seed(21);
-  const auto x = torch::randn({5, 96});
-  for (const auto& [name, bytes, lo, hi] :
-       {std::tuple{"gguf_q8_0", 34, -127, 127},
-        std::tuple{"gguf_q4_0", 18, -8, 7}}) {
-    torch::nn::Linear fc(96, 24);
+  const auto x = torch::randn({5, 512});
+  // Each type: block size, bytes a block, and the range of its codes.
+  for (const auto& [name, block, bytes, lo, hi] :
+       {std::tuple{"gguf_q8_0", 32, 34, -127, 127},
+        std::tuple{"gguf_q4_0", 32, 18, -8, 7},
+        std::tuple{"gguf_q5_0", 32, 22, -16, 15},
+        std::tuple{"gguf_q5_1", 32, 24, 0, 31},
+        std::tuple{"gguf_q4_k", 256, 144, 0, 15},
+        std::tuple{"gguf_q5_k", 256, 176, 0, 31},
+        std::tuple{"gguf_q6_k", 256, 210, -32, 31}}) {
+    torch::nn::Linear fc(512, 24);
     auto layer = QuantLinear::from_float(fc, preset(name));
     const auto fake_quantized = layer(x);
     EXPECT_TRUE(bitwise_equal(
@@ -542,18 +548,26 @@ TEST(Convert, GgufPresetsConvertToGgmlBlocks) {
     layer->convert_weight();
     EXPECT_TRUE(bitwise_equal(layer(x), fake_quantized)) << name;
     const QuantizedWeight& q = *layer->quantized_weight;
-    EXPECT_EQ(q.data.sizes(), (std::vector<int64_t>{24, 3 * bytes}));
-    EXPECT_EQ(q.scale.sizes(), (std::vector<int64_t>{24, 3}));
-    // The blocks hold their scales: 4.5 (Q4_0) or 8.5 (Q8_0) bits a weight.
-    EXPECT_EQ(q.storage_bytes(), 24 * 3 * bytes);
+    const int64_t blocks = 512 / block;
+    EXPECT_EQ(q.data.sizes(), (std::vector<int64_t>{24, blocks * bytes}))
+        << name;
+    EXPECT_EQ(q.scale.sizes(), (std::vector<int64_t>{24, blocks})) << name;
+    // The blocks hold their scales: e.g. 4.5 (Q4_0) or 8.5 (Q8_0) bits a
+    // weight.
+    EXPECT_EQ(q.storage_bytes(), 24 * blocks * bytes) << name;
     const auto codes = q.codes();
-    EXPECT_GE(codes.min().item<int>(), lo);
-    EXPECT_LE(codes.max().item<int>(), hi);
-    // codes * half scale is the dequantized weight.
-    EXPECT_TRUE(bitwise_equal(
-        (codes.to(torch::kFloat).view({24, 3, 32}) * q.scale.unsqueeze(-1))
-            .view({24, 96}),
-        q.dequantize()));
+    EXPECT_GE(codes.min().item<int>(), lo) << name;
+    EXPECT_LE(codes.max().item<int>(), hi) << name;
+    // For the symmetric 32-value types, codes * half scale is the
+    // dequantized weight.
+    if (block == 32 && std::string(name) != "gguf_q5_1") {
+      EXPECT_TRUE(bitwise_equal(
+          (codes.to(torch::kFloat).view({24, blocks, 32}) *
+           q.scale.unsqueeze(-1))
+              .view({24, 512}),
+          q.dequantize()))
+          << name;
+    }
   }
   EXPECT_THROW(
       QuantSpec::gguf_block(GgufRule::q4_0).group_size(64).validate(),

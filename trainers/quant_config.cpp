@@ -89,10 +89,16 @@ FakeQuantizerOptions quantizer(
   };
   QuantSpec spec = options.spec();
   if (has("gguf")) {
-    spec = QuantSpec::gguf_block(parse_name<GgufRule, 2>(
+    spec = QuantSpec::gguf_block(parse_name<GgufRule, 7>(
         recipe,
         at("gguf"),
-        {{{"q8_0", GgufRule::q8_0}, {"q4_0", GgufRule::q4_0}}}));
+        {{{"q8_0", GgufRule::q8_0},
+          {"q4_0", GgufRule::q4_0},
+          {"q5_0", GgufRule::q5_0},
+          {"q5_1", GgufRule::q5_1},
+          {"q4_k", GgufRule::q4_k},
+          {"q5_k", GgufRule::q5_k},
+          {"q6_k", GgufRule::q6_k}}}));
   }
   if (has("format")) {
     spec.format(parse_name<NumberFormat, 3>(

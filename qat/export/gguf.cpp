@@ -1,8 +1,10 @@
 #include "qat/export/gguf.h"
 
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 
 #include "kernels/quant_math.h"
 #include "kernels/ref/gguf_ref.h"
@@ -19,17 +21,28 @@ struct TypeLayout {
   int64_t block_elements, block_bytes;
 };
 
+// The block type qat trains and writes with this id (kernels/ref/gguf_ref.h),
+// or nullptr.
+const kernels::GgufTypeInfo* block_type(TensorType t) {
+  int count = 0;
+  const auto* types = kernels::gguf_types(&count);
+  for (int i = 0; i < count; ++i) {
+    if (types[i].ggml_id == static_cast<uint32_t>(t))
+      return &types[i];
+  }
+  return nullptr;
+}
+
 bool known(TensorType t) {
   switch (t) {
     case TensorType::f32:
     case TensorType::f16:
-    case TensorType::q4_0:
-    case TensorType::q4_1:
-    case TensorType::q8_0:
     case TensorType::bf16:
+    case TensorType::q4_1:
       return true;
+    default:
+      return block_type(t) != nullptr;
   }
-  return false;
 }
 
 TypeLayout layout(TensorType t) {
@@ -39,12 +52,11 @@ TypeLayout layout(TensorType t) {
     case TensorType::f16:
     case TensorType::bf16:
       return {1, 2};
-    case TensorType::q4_0:
-      return {kBlock, 18};
     case TensorType::q4_1:
       return {kBlock, 20};
-    case TensorType::q8_0:
-      return {kBlock, 34};
+    default:
+      if (const auto* info = block_type(t))
+        return {info->block_size, info->block_bytes};
   }
   throw GgufError("unknown tensor type");
 }
@@ -215,14 +227,8 @@ void dequantize_into(
         std::memcpy(out + i, &bits, 4);
       }
       return;
-    case TensorType::q8_0:
-    case TensorType::q4_0:
-      kernels::dequantize_gguf_ref(
-          src,
-          n,
-          type == TensorType::q8_0 ? kernels::GgufType::q8_0
-                                   : kernels::GgufType::q4_0,
-          out);
+    default:
+      kernels::dequantize_gguf_ref(src, n, block_type(type)->type, out);
       return;
     case TensorType::q4_1:
       // Read only (llama.cpp's older 4-bit type): fp16 d, fp16 m, 16 bytes of
@@ -252,16 +258,28 @@ const char* type_name(TensorType type) {
       return "F32";
     case TensorType::f16:
       return "F16";
-    case TensorType::q4_0:
-      return "Q4_0";
     case TensorType::q4_1:
       return "Q4_1";
-    case TensorType::q8_0:
-      return "Q8_0";
     case TensorType::bf16:
       return "BF16";
+    default:
+      break;
   }
-  return "?";
+  // ggml's names of the block types, upper case.
+  static const std::map<uint32_t, std::string> names = [] {
+    std::map<uint32_t, std::string> out;
+    int count = 0;
+    const auto* types = kernels::gguf_types(&count);
+    for (int i = 0; i < count; ++i) {
+      std::string name = types[i].name;
+      for (auto& c : name)
+        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      out[types[i].ggml_id] = name;
+    }
+    return out;
+  }();
+  const auto it = names.find(static_cast<uint32_t>(type));
+  return it == names.end() ? "?" : it->second.c_str();
 }
 
 int64_t tensor_bytes(TensorType type, int64_t elements) {

@@ -19,6 +19,23 @@ struct Preset {
   LayerQuantSpecs (*make)();
 };
 
+// gguf_<type>: the weight as that GGUF block type, activations float (the
+// GGUF types are weight formats; llama.cpp quantizes activations its own way
+// inside each kernel). One preset per row of kernels' GGUF type table.
+constexpr const char* kGgufPrefix = "gguf_";
+
+std::optional<LayerQuantSpecs> gguf_preset(std::string_view name) {
+  if (name.substr(0, 5) != kGgufPrefix)
+    return std::nullopt;
+  for (int rule = 1; rule <= static_cast<int>(GgufRule::q6_k); ++rule) {
+    const auto spec = QuantSpec::gguf_block(static_cast<GgufRule>(rule));
+    if (name.substr(5) == spec.gguf_name())
+      return LayerQuantSpecs{
+          FakeQuantizerOptions(spec), std::nullopt, std::nullopt};
+  }
+  return std::nullopt;
+}
+
 const Preset kPresets[] = {
     {"w8a8_int8",
      [] {
@@ -55,20 +72,6 @@ const Preset kPresets[] = {
                                     .dynamic(true)),
            std::nullopt};
      }},
-    {"gguf_q8_0",
-     [] {
-       return LayerQuantSpecs{
-           FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q8_0)),
-           std::nullopt,
-           std::nullopt};
-     }},
-    {"gguf_q4_0",
-     [] {
-       return LayerQuantSpecs{
-           FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q4_0)),
-           std::nullopt,
-           std::nullopt};
-     }},
 };
 
 std::string describe_one(const std::optional<FakeQuantizerOptions>& options) {
@@ -85,9 +88,11 @@ LayerQuantSpecs preset(std::string_view name) {
     if (name == p.name)
       return p.make();
   }
+  if (auto gguf = gguf_preset(name))
+    return *gguf;
   std::string known;
-  for (const Preset& p : kPresets)
-    known += std::string(known.empty() ? "" : ", ") + p.name;
+  for (const auto& n : preset_names())
+    known += (known.empty() ? "" : ", ") + n;
   throw std::invalid_argument(
       "unknown quantization preset '" + std::string(name) +
       "'; known presets: " + known);
@@ -97,6 +102,11 @@ std::vector<std::string> preset_names() {
   std::vector<std::string> names;
   for (const Preset& p : kPresets)
     names.emplace_back(p.name);
+  for (int rule = 1; rule <= static_cast<int>(GgufRule::q6_k); ++rule)
+    names.push_back(
+        kGgufPrefix +
+        std::string(
+            QuantSpec::gguf_block(static_cast<GgufRule>(rule)).gguf_name()));
   return names;
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "kernels/ref/gguf_ref.h"
 #include "qat/convert.h"
 
 namespace qat::models {
@@ -204,15 +205,14 @@ GgufExportReport save_llama_gguf(
         throw gguf::GgufError(
             "save_llama_gguf: " + layer + " is quantized as " +
             q.spec.to_string() +
-            ", which GGUF cannot store; use a gguf_q8_0 / gguf_q4_0 scheme");
+            ", which GGUF cannot store; use a gguf_* scheme (q8_0, q4_0, q5_0, q5_1, q4_k, q5_k, q6_k)");
       }
       auto rows = q.data.reshape({shape[0], -1});
       if (heads)
         rows = to_llama_cpp_rows(rows, heads);
       w.add_tensor(
           gguf_name,
-          std::string(rule) == "q8_0" ? gguf::TensorType::q8_0
-                                      : gguf::TensorType::q4_0,
+          static_cast<gguf::TensorType>(kernels::find_gguf_type(rule)->ggml_id),
           shape,
           rows);
       ++report.quantized_tensors;
