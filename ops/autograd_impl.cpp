@@ -4,6 +4,8 @@
 // qat/fake_quant.h):
 //   fake_quant_affine, fake_quant_fp8,
 //   fake_quant_gguf                    d input = grad * mask (straight-through)
+//   fake_quant_gguf_fixed              d input = grad * mask; the kept
+//                                      representation gets no gradient
 //   fake_quant_lsq                     d input, d scale, d zero_point (LSQ+)
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -83,6 +85,26 @@ class FakeQuantGgufFunction
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor mask = ctx->get_saved_variables()[0];
     return {mask_backward(grads[0], mask), {}};
+  }
+};
+
+class FakeQuantGgufFixedFunction
+    : public torch::autograd::Function<FakeQuantGgufFixedFunction> {
+ public:
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      const at::Tensor& input,
+      const at::Tensor& representations,
+      c10::string_view type) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, mask] =
+        fake_quant_gguf_fixed_cachemask(input, representations, type);
+    ctx->save_for_backward({mask});
+    return output;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    return {mask_backward(grads[0], mask), {}, {}};
   }
 };
 
@@ -182,6 +204,17 @@ at::Tensor fake_quant_gguf_autograd(
   return FakeQuantGgufFunction::apply(input, type);
 }
 
+at::Tensor fake_quant_gguf_fixed_autograd(
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    c10::string_view type) {
+  if (!needs_grad(input)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fake_quant_gguf_fixed(input, representations, type);
+  }
+  return FakeQuantGgufFixedFunction::apply(input, representations, type);
+}
+
 at::Tensor fake_quant_lsq_autograd(
     const at::Tensor& input,
     const at::Tensor& scale,
@@ -229,6 +262,7 @@ TORCH_LIBRARY_IMPL(qat, Autograd, m) {
   m.impl("fake_quant_affine", fake_quant_affine_autograd);
   m.impl("fake_quant_fp8", fake_quant_fp8_autograd);
   m.impl("fake_quant_gguf", fake_quant_gguf_autograd);
+  m.impl("fake_quant_gguf_fixed", fake_quant_gguf_fixed_autograd);
   m.impl("fake_quant_lsq", fake_quant_lsq_autograd);
 }
 

@@ -67,6 +67,36 @@ struct Cpu {
     });
   }
 
+  static void gguf_search(
+      const float* x,
+      uint8_t* representations,
+      kernels::GgufType type,
+      int64_t n) {
+    const auto& info = kernels::gguf_type_info(type);
+    at::parallel_for(
+        0, n / info.block_size, 64, [&](int64_t begin, int64_t end) {
+          kernels::gguf_search_ref(
+              x + begin * info.block_size,
+              (end - begin) * info.block_size,
+              type,
+              representations + begin * info.representation_bytes);
+        });
+  }
+
+  template <typename T>
+  static void gguf_fixed(
+      const T* x,
+      T* y,
+      uint8_t* mask,
+      const uint8_t* representations,
+      kernels::GgufType type,
+      int64_t blocks) {
+    at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
+      kernels::fake_quant_gguf_fixed_ref(
+          x, y, mask, representations, type, begin, end);
+    });
+  }
+
   template <typename T>
   static void mask_backward(
       const T* dy,

@@ -57,13 +57,37 @@ struct Cuda {
       uint8_t* mask,
       kernels::GgufType type,
       int64_t blocks) {
-    TORCH_CHECK(
-        !kernels::gguf_is_kquant(type),
-        "qat::fake_quant_gguf: the K-quant ",
-        kernels::gguf_type_info(type).name,
-        " has no CUDA kernel yet; fake-quantize it on the CPU");
+    if (kernels::gguf_is_kquant(type))
+      refuse_kquant(type);
     check_launch(kernels::cuda::fake_quant_gguf(
         x, y, mask, type, blocks, at::cuda::getCurrentCUDAStream()));
+  }
+
+  static void gguf_search(
+      const float*,
+      uint8_t*,
+      kernels::GgufType type,
+      int64_t) {
+    refuse_kquant(type);
+  }
+
+  template <typename T>
+  static void gguf_fixed(
+      const T*,
+      T*,
+      uint8_t*,
+      const uint8_t*,
+      kernels::GgufType type,
+      int64_t) {
+    refuse_kquant(type);
+  }
+
+  static void refuse_kquant(kernels::GgufType type) {
+    TORCH_CHECK(
+        false,
+        "qat: the K-quant ",
+        kernels::gguf_type_info(type).name,
+        " has no CUDA kernel yet; fake-quantize it on the CPU");
   }
 
   template <typename T>

@@ -13,6 +13,11 @@
 //                                        const float* scale, Fp8Format);
 //     template <class T> static void gguf(const T* x, T* y, uint8_t* mask,
 //                                         GgufType, int64_t blocks);
+//     static void gguf_search(const float* x, uint8_t* representations,
+//                             GgufType, int64_t n);
+//     template <class T> static void gguf_fixed(const T* x, T* y, uint8_t* mask,
+//                                               const uint8_t* representations,
+//                                               GgufType, int64_t blocks);
 //     template <class T> static void mask_backward(const T* dy, const uint8_t*
 //     mask, T* dx,
 //                                                  int64_t n);
@@ -119,6 +124,63 @@ struct FakeQuantOps {
           x.numel() / kernels::gguf_type_info(gguf).block_size);
     });
     return {output, mask};
+  }
+
+  // K-quants: each super-block's representation, found by ggml's search.
+  static at::Tensor gguf_search(
+      const at::Tensor& input,
+      c10::string_view type) {
+    constexpr std::string_view op = "qat::gguf_search";
+    const kernels::GgufType gguf = parse_kquant_type(op, type);
+    check_gguf_input(op, input, gguf);
+    const typename Device::Guard guard(input.device());
+    const at::Tensor x = input.contiguous().to(at::kFloat);
+    at::Tensor representations = at::empty(
+        representation_shape(input, gguf), x.options().dtype(at::kByte));
+    Device::gguf_search(
+        data_as<float>(x), data_as<uint8_t>(representations), gguf, x.numel());
+    return representations;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> gguf_fixed_forward(
+      const at::Tensor& input,
+      const at::Tensor& representations,
+      c10::string_view type,
+      bool with_mask) {
+    constexpr std::string_view op = "qat::fake_quant_gguf_fixed";
+    const kernels::GgufType gguf = parse_kquant_type(op, type);
+    check_gguf_input(op, input, gguf);
+    check_representations(op, input, representations, gguf);
+    const typename Device::Guard guard(input.device());
+    const at::Tensor x = input.contiguous();
+    const at::Tensor reps = representations.contiguous();
+    at::Tensor output = at::empty_like(x);
+    at::Tensor mask = empty_mask_like(x, with_mask);
+    dispatch_float_types(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      Device::gguf_fixed(
+          data_as<T>(x),
+          data_as<T>(output),
+          with_mask ? data_as<uint8_t>(mask) : nullptr,
+          data_as<uint8_t>(reps),
+          gguf,
+          x.numel() / kernels::gguf_type_info(gguf).block_size);
+    });
+    return {output, mask};
+  }
+
+  static at::Tensor gguf_fixed(
+      const at::Tensor& input,
+      const at::Tensor& representations,
+      c10::string_view type) {
+    return std::get<0>(gguf_fixed_forward(input, representations, type, false));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> gguf_fixed_cachemask(
+      const at::Tensor& input,
+      const at::Tensor& representations,
+      c10::string_view type) {
+    return gguf_fixed_forward(input, representations, type, true);
   }
 
   static at::Tensor gguf(const at::Tensor& input, c10::string_view type) {
@@ -292,6 +354,9 @@ struct FakeQuantOps {
     m.impl("fake_quant_fp8_cachemask", fp8_cachemask);
     m.impl("fake_quant_gguf", gguf);
     m.impl("fake_quant_gguf_cachemask", gguf_cachemask);
+    m.impl("gguf_search", gguf_search);
+    m.impl("fake_quant_gguf_fixed", gguf_fixed);
+    m.impl("fake_quant_gguf_fixed_cachemask", gguf_fixed_cachemask);
     m.impl("mask_backward", mask_backward);
     m.impl("fake_quant_lsq_backward", lsq_backward);
   }

@@ -74,6 +74,18 @@ kernels::Fp8Format parse_fp8_format(
 // "q8_0" or "q4_0".
 kernels::GgufType parse_gguf_type(std::string_view op, std::string_view type);
 // float32 / bfloat16, last dimension a multiple of the 32-element block.
+// A K-quant type (the ones with a separate representation), or an error
+// naming `op`.
+kernels::GgufType parse_kquant_type(std::string_view op, std::string_view type);
+// [..., n / 256, representation bytes] for an input [..., n].
+std::vector<int64_t> representation_shape(
+    const at::Tensor& input,
+    kernels::GgufType type);
+void check_representations(
+    std::string_view op,
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    kernels::GgufType type);
 void check_gguf_input(
     std::string_view op,
     const at::Tensor& input,

@@ -107,6 +107,35 @@ std::tuple<Tensor, Tensor> fake_quant_gguf_cachemask(
   return op.call(input, c10::string_view(type.data(), type.size()));
 }
 
+Tensor gguf_search(const Tensor& input, std::string_view type) {
+  static const auto op =
+      typed_op<Tensor(const Tensor&, c10::string_view)>("qat::gguf_search");
+  // Integer bytes: nothing to differentiate.
+  return op.call(input.detach(), c10::string_view(type.data(), type.size()));
+}
+
+Tensor fake_quant_gguf_fixed(
+    const Tensor& input,
+    const Tensor& representations,
+    std::string_view type) {
+  static const auto op =
+      typed_op<Tensor(const Tensor&, const Tensor&, c10::string_view)>(
+          "qat::fake_quant_gguf_fixed");
+  return op.call(
+      input, representations, c10::string_view(type.data(), type.size()));
+}
+
+std::tuple<Tensor, Tensor> fake_quant_gguf_fixed_cachemask(
+    const Tensor& input,
+    const Tensor& representations,
+    std::string_view type) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor>(
+      const Tensor&, const Tensor&, c10::string_view)>(
+      "qat::fake_quant_gguf_fixed_cachemask");
+  return op.call(
+      input, representations, c10::string_view(type.data(), type.size()));
+}
+
 Tensor mask_backward(const Tensor& grad, const Tensor& mask) {
   static const auto op =
       typed_op<Tensor(const Tensor&, const Tensor&)>("qat::mask_backward");

@@ -70,6 +70,21 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask(
     const at::Tensor& input,
     std::string_view type);
 
+// The K-quants (q4_k, q5_k, q6_k) with a kept representation: gguf_search
+// finds each super-block's (ggml's search, as its quantizer runs it) as the
+// bytes ggml stores for it, uint8 [..., n / 256, 16 or 18]; the fixed
+// fake-quant rounds each value to its code under that representation, with a
+// straight-through gradient for the input where nothing clips. CPU only.
+at::Tensor gguf_search(const at::Tensor& input, std::string_view type);
+at::Tensor fake_quant_gguf_fixed(
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    std::string_view type);
+std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask(
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    std::string_view type);
+
 // grad * mask.
 at::Tensor mask_backward(const at::Tensor& grad, const at::Tensor& mask);
 

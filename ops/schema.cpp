@@ -279,6 +279,52 @@ kernels::GgufType parse_gguf_type(std::string_view op, std::string_view type) {
       names);
 }
 
+kernels::GgufType parse_kquant_type(
+    std::string_view op,
+    std::string_view type) {
+  const kernels::GgufType gguf = parse_gguf_type(op, type);
+  TORCH_CHECK(
+      kernels::gguf_is_kquant(gguf),
+      op,
+      ": GGUF ",
+      std::string(type),
+      " is quantized from its values alone; only the K-quants (q4_k, q5_k, "
+      "q6_k) have a representation to search and keep");
+  return gguf;
+}
+
+std::vector<int64_t> representation_shape(
+    const at::Tensor& input,
+    kernels::GgufType type) {
+  auto shape = input.sizes().vec();
+  shape.back() /= kernels::gguf_type_info(type).block_size;
+  shape.push_back(kernels::gguf_type_info(type).representation_bytes);
+  return shape;
+}
+
+void check_representations(
+    std::string_view op,
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    kernels::GgufType type) {
+  const auto expected = representation_shape(input, type);
+  TORCH_CHECK(
+      representations.scalar_type() == at::kByte &&
+          representations.sizes() == at::IntArrayRef(expected) &&
+          representations.device() == input.device(),
+      op,
+      ": representations must be uint8 of shape ",
+      at::IntArrayRef(expected),
+      " on ",
+      input.device(),
+      " (qat::gguf_search of the input), got ",
+      representations.scalar_type(),
+      " ",
+      representations.sizes(),
+      " on ",
+      representations.device());
+}
+
 void check_gguf_input(
     std::string_view op,
     const at::Tensor& input,
@@ -356,6 +402,24 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask_meta(
     c10::string_view) {
   return with_mask_meta(input);
 }
+at::Tensor gguf_search_meta(const at::Tensor& input, c10::string_view type) {
+  const auto gguf = qat::ops::detail::parse_kquant_type("qat::gguf_search", type);
+  return at::empty(
+      qat::ops::detail::representation_shape(input, gguf),
+      input.options().dtype(at::kByte));
+}
+at::Tensor fake_quant_gguf_fixed_meta(
+    const at::Tensor& input,
+    const at::Tensor&,
+    c10::string_view) {
+  return at::empty_like(input);
+}
+std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask_meta(
+    const at::Tensor& input,
+    const at::Tensor&,
+    c10::string_view) {
+  return with_mask_meta(input);
+}
 at::Tensor mask_backward_meta(const at::Tensor& grad, const at::Tensor&) {
   return at::empty_like(grad);
 }
@@ -407,6 +471,14 @@ TORCH_LIBRARY(qat, m) {
   m.def("fake_quant_gguf(Tensor input, str type) -> Tensor");
   m.def(
       "fake_quant_gguf_cachemask(Tensor input, str type) -> (Tensor output, Tensor mask)");
+  // K-quants with a kept representation: ggml's search once (uint8, the
+  // bytes ggml stores for each super-block's scales and mins), then
+  // fake-quant under it with a straight-through gradient for the input.
+  m.def("gguf_search(Tensor input, str type) -> Tensor");
+  m.def(
+      "fake_quant_gguf_fixed(Tensor input, Tensor representations, str type) -> Tensor");
+  m.def(
+      "fake_quant_gguf_fixed_cachemask(Tensor input, Tensor representations, str type) -> (Tensor output, Tensor mask)");
   m.def("mask_backward(Tensor grad, Tensor mask) -> Tensor");
   // LSQ / LSQ+: learnable scale and (float) zero point.
   m.def(
@@ -424,6 +496,10 @@ TORCH_LIBRARY_IMPL(qat, Meta, m) {
   m.impl("fake_quant_fp8", fake_quant_fp8_meta);
   m.impl("fake_quant_fp8_cachemask", fake_quant_fp8_cachemask_meta);
   m.impl("fake_quant_gguf", fake_quant_gguf_meta);
+  m.impl("gguf_search", gguf_search_meta);
+  m.impl("fake_quant_gguf_fixed", fake_quant_gguf_fixed_meta);
+  m.impl(
+      "fake_quant_gguf_fixed_cachemask", fake_quant_gguf_fixed_cachemask_meta);
   m.impl("fake_quant_gguf_cachemask", fake_quant_gguf_cachemask_meta);
   m.impl("mask_backward", mask_backward_meta);
   m.impl("fake_quant_lsq", fake_quant_lsq_meta);

@@ -55,7 +55,8 @@ kernels::GgufType gguf_type(const QuantSpec& spec) {
 // stored half scale d of each block as float for inspection.
 QuantizedWeight quantize_gguf(
     const torch::Tensor& weight,
-    const QuantSpec& spec) {
+    const QuantSpec& spec,
+    const torch::Tensor& representations) {
   const torch::Tensor w = weight.cpu();
   const auto& info = kernels::gguf_type_info(gguf_type(spec));
   const int64_t n = w.numel(), row_len = w.size(-1);
@@ -70,11 +71,29 @@ QuantizedWeight quantize_gguf(
   shape.back() = row_len / info.block_size * info.block_bytes;
   QuantizedWeight q{
       spec, w.sizes().vec(), torch::empty(shape, torch::kByte), {}, {}};
-  kernels::quantize_gguf_ref(
-      w.const_data_ptr<float>(),
-      n,
-      info.type,
-      q.data.mutable_data_ptr<uint8_t>());
+  if (representations.defined() && representations.numel() > 0) {
+    // A K-quant's kept representation: the codes of the weight under it.
+    const torch::Tensor reps = representations.cpu().contiguous();
+    if (reps.scalar_type() != torch::kByte ||
+        reps.numel() != blocks * info.representation_bytes) {
+      throw std::invalid_argument(
+          std::string("convert: GGUF ") + info.name + " needs " +
+          std::to_string(info.representation_bytes) +
+          " representation bytes per block of 256, one block per 256 weights");
+    }
+    kernels::quantize_gguf_fixed_ref(
+        w.const_data_ptr<float>(),
+        n,
+        info.type,
+        reps.const_data_ptr<uint8_t>(),
+        q.data.mutable_data_ptr<uint8_t>());
+  } else {
+    kernels::quantize_gguf_ref(
+        w.const_data_ptr<float>(),
+        n,
+        info.type,
+        q.data.mutable_data_ptr<uint8_t>());
+  }
   const auto block_bytes = q.data.view({blocks, -1});
   q.scale = block_bytes.narrow(1, info.scale_offset, 2)
                 .contiguous()
@@ -101,7 +120,7 @@ QuantizedWeight QuantizedWeight::quantize(
   torch::NoGradGuard no_grad;
   const torch::Tensor w = weight.detach().to(torch::kFloat).contiguous();
   if (spec.gguf() != GgufRule::none)
-    return quantize_gguf(w, spec);
+    return quantize_gguf(w, spec, scale);
   QuantizedWeight q{
       spec, w.sizes().vec(), {}, scale.detach().to(torch::kFloat).clone(), {}};
   const torch::Tensor s = expand_params(q.scale, spec, w.sizes());

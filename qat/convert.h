@@ -29,7 +29,8 @@ struct QuantizedWeight {
   torch::Tensor zero_point;   // int32, same shape (empty for FP8 and GGUF)
 
   // Quantizes `weight` with `spec` and the given scale / zero point (GGUF
-  // specs compute their own from each block).
+  // specs compute their own from each block; for a K-quant, `scale` may be
+  // the quantizer's kept representation, uint8, and the codes follow it).
   static QuantizedWeight quantize(
       const torch::Tensor& weight,
       const QuantSpec& spec,

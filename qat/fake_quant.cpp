@@ -74,6 +74,10 @@ void FakeQuantizerImpl::reset() {
     pact_alpha_ = register_parameter(
         "pact_alpha", torch::full({1}, options_.pact_alpha()));
   }
+  if (spec.is_gguf_kquant()) {
+    gguf_representation_ = register_buffer(
+        "gguf_representation", torch::empty({0}, torch::kUInt8));
+  }
   observer_on_ =
       register_buffer("observer_enabled", torch::ones({1}, torch::kUInt8));
   fake_quant_on_ =
@@ -165,6 +169,19 @@ torch::Tensor FakeQuantizerImpl::quantize(
 
 torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
   const QuantSpec& spec = options_.spec();
+  if (spec.is_gguf_kquant()) {
+    // ggml's search is the observer: the representation follows the input
+    // while observing, and stays as it is while not (QAT then trains the
+    // weights against fixed scales and mins, and the export stores them).
+    if (observer_enabled() || gguf_representation_.numel() == 0) {
+      torch::NoGradGuard no_grad;
+      gguf_representation_.set_data(ops::gguf_search(x, spec.gguf_name()));
+    }
+    if (!fake_quant_enabled())
+      return x;
+    return ops::fake_quant_gguf_fixed(
+        x, gguf_representation_, spec.gguf_name());
+  }
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;

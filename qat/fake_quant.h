@@ -85,6 +85,13 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   const torch::Tensor& pact_alpha() const {
     return pact_alpha_;
   }
+  // GGUF K-quants: each super-block's representation (its half d, dmin and
+  // sub-block scales and mins, as ggml stores them), found by ggml's search
+  // while the observer is on (and on the first forward), kept while it is
+  // off; empty before that and for every other spec.
+  const torch::Tensor& gguf_representation() const {
+    return gguf_representation_;
+  }
   // The learnable quantizer parameters (scale, zero point, alpha), for their
   // own optimizer group.
   std::vector<torch::Tensor> quantizer_parameters() const;
@@ -107,7 +114,7 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
 
   FakeQuantizerOptions options_;
   Observer observer_{nullptr};
-  torch::Tensor scale_, zero_point_, pact_alpha_;
+  torch::Tensor scale_, zero_point_, pact_alpha_, gguf_representation_;
   torch::Tensor observer_on_,
       fake_quant_on_; // uint8 [1] buffers, saved with the model
   BufferValue<uint8_t> observer_on_value_, fake_quant_on_value_;

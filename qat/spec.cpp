@@ -83,7 +83,7 @@ QuantSpec QuantSpec::gguf_block(GgufRule rule) {
       .axis(-1)
       .group_size(info.block_size)
       .symmetric(!info.has_minimum)
-      .dynamic(true)
+      .dynamic(!kernels::gguf_is_kquant(info.type))
       .gguf(rule);
 }
 

@@ -81,7 +81,8 @@ struct QuantSpec {
  public:
   // The whole spec of a GGUF block format: its bits, per_group(axis=-1,
   // group = its block size, 32 or 256), symmetric unless it stores minimums,
-  // dynamic, with that rule.
+  // dynamic (the 32-value types: scales from each input) or static (the
+  // K-quants: a searched representation, kept), with that rule.
   static QuantSpec gguf_block(GgufRule rule);
 
   // Throws std::invalid_argument with a message naming the field and the
@@ -90,6 +91,13 @@ struct QuantSpec {
 
   bool is_fp8() const {
     return format_ != NumberFormat::int_;
+  }
+  // A GGUF K-quant (q4_k, q5_k, q6_k): a representation is searched and kept,
+  // not recomputed from each input (QuantSpec::gguf_block makes these specs
+  // static).
+  bool is_gguf_kquant() const {
+    return gguf_ == GgufRule::q4_k || gguf_ == GgufRule::q5_k ||
+        gguf_ == GgufRule::q6_k;
   }
   int64_t quant_min() const;
   int64_t quant_max() const;

@@ -235,6 +235,45 @@ TEST(Gguf, BFloat16AndBatchesAreBlocksOfTheLastDimension) {
   EXPECT_EQ(std::get<0>(meta).sizes(), (std::vector<int64_t>{4, 64}));
 }
 
+// A K-quant's kept representation: searched once, it gives what the dynamic
+// op gives on the same values, and the stored bytes of the quantizer; as the
+// weights move, the codes follow them under the fixed scales and mins.
+TEST(Gguf, KQuantRepresentationIsSearchedOnceAndKept) {
+  torch::manual_seed(11);
+  const auto w = torch::randn({6, 512}) * 0.05;
+  for (const char* type : {"q4_k", "q5_k", "q6_k"}) {
+    const auto reps = ops::gguf_search(w, type);
+    const int64_t rep_bytes = std::string(type) == "q6_k" ? 18 : 16;
+    EXPECT_EQ(reps.sizes(), (std::vector<int64_t>{6, 2, rep_bytes})) << type;
+    EXPECT_TRUE(torch::equal(
+        ops::fake_quant_gguf_fixed(w, reps, type),
+        ops::fake_quant_gguf(w, type)))
+        << type;
+    // Moved weights: fixed scales, so the output is the dynamic op's only
+    // where the search would choose the same; its gradient is dy * mask and
+    // its values lie on the fixed grid (re-quantizing changes nothing).
+    const auto moved = (w + 0.01 * torch::randn_like(w)).requires_grad_();
+    const auto [y, mask] =
+        ops::fake_quant_gguf_fixed_cachemask(moved.detach(), reps, type);
+    EXPECT_TRUE(torch::equal(ops::fake_quant_gguf_fixed(y, reps, type), y))
+        << type;
+    const auto dy = torch::rand_like(w) + 0.5;
+    ops::fake_quant_gguf_fixed(moved, reps, type).backward(dy);
+    EXPECT_TRUE(torch::equal(moved.grad(), dy * mask.to(torch::kFloat)))
+        << type;
+    // bf16 inputs run the float values and round the result once.
+    const auto wb = moved.detach().to(torch::kBFloat16);
+    EXPECT_TRUE(bitwise_equal(
+        ops::fake_quant_gguf_fixed(wb, reps, type),
+        ops::fake_quant_gguf_fixed(wb.to(torch::kFloat), reps, type)
+            .to(torch::kBFloat16)))
+        << type;
+  }
+  const auto meta = ops::gguf_search(
+      torch::empty({3, 768}, torch::device(torch::kMeta)), "q6_k");
+  EXPECT_EQ(meta.sizes(), (std::vector<int64_t>{3, 3, 18}));
+}
+
 TEST(Gguf, BadArgumentsGiveClearErrors) {
   const auto expect_error = [](const std::function<void()>& call,
                                const std::string& message) {
@@ -255,6 +294,18 @@ TEST(Gguf, BadArgumentsGiveClearErrors) {
       },
       "GGUF q4_k blocks are 256 consecutive values of the last dimension, "
       "which must be a multiple of 256; got shape [2, 576]");
+  expect_error(
+      [] {
+        ops::gguf_search(torch::randn({2, 64}), "q4_0");
+      },
+      "GGUF q4_0 is quantized from its values alone");
+  expect_error(
+      [] {
+        const auto x = torch::randn({2, 256});
+        ops::fake_quant_gguf_fixed(
+            x, ops::gguf_search(torch::randn({3, 256}), "q4_k"), "q4_k");
+      },
+      "representations must be uint8 of shape [2, 1, 16]");
   expect_error(
       [] {
         ops::fake_quant_gguf(torch::randn({32}).to(torch::kDouble), "q8_0");

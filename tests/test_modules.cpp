@@ -569,6 +569,26 @@ TEST(Convert, GgufPresetsConvertToGgmlBlocks) {
           << name;
     }
   }
+  // A K-quant layer trained after calibration: its representation is kept,
+  // and the export stores it with the codes of the trained weight, so the
+  // converted layer computes what the trained one computed.
+  for (const char* name : {"gguf_q4_k", "gguf_q5_k", "gguf_q6_k"}) {
+    torch::nn::Linear fc(512, 8);
+    auto layer = QuantLinear::from_float(fc, preset(name));
+    calibrate(*layer, [&] { layer(x); });
+    const auto reps = layer->quantizers.weight->gguf_representation().clone();
+    ASSERT_GT(reps.numel(), 0) << name;
+    {
+      torch::NoGradGuard no_grad;
+      layer->weight.add_(0.01 * torch::randn_like(layer->weight));
+    }
+    const auto trained = layer(x);
+    EXPECT_TRUE(
+        torch::equal(layer->quantizers.weight->gguf_representation(), reps))
+        << name << ": the representation moved without an observer";
+    layer->convert_weight();
+    EXPECT_TRUE(bitwise_equal(layer(x), trained)) << name;
+  }
   EXPECT_THROW(
       QuantSpec::gguf_block(GgufRule::q4_0).group_size(64).validate(),
       std::invalid_argument);

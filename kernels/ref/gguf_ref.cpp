@@ -10,13 +10,13 @@ namespace {
 // qs[16]}, block_q4_K {d, dmin, scales[12], qs[128]}, block_q5_K {d, dmin,
 // scales[12], qh[32], qs[128]}, block_q6_K {ql[128], qh[64], scales[16], d}.
 constexpr GgufTypeInfo kTypes[] = {
-    {GgufType::q8_0, "q8_0", 8, 32, 34, 8, false, 0},
-    {GgufType::q4_0, "q4_0", 2, 32, 18, 4, false, 0},
-    {GgufType::q5_0, "q5_0", 6, 32, 22, 5, false, 0},
-    {GgufType::q5_1, "q5_1", 7, 32, 24, 5, true, 0},
-    {GgufType::q4_k, "q4_k", 12, 256, 144, 4, true, 0},
-    {GgufType::q5_k, "q5_k", 13, 256, 176, 5, true, 0},
-    {GgufType::q6_k, "q6_k", 14, 256, 210, 6, false, 208},
+    {GgufType::q8_0, "q8_0", 8, 32, 34, 8, false, 0, 0, 0},
+    {GgufType::q4_0, "q4_0", 2, 32, 18, 4, false, 0, 0, 0},
+    {GgufType::q5_0, "q5_0", 6, 32, 22, 5, false, 0, 0, 0},
+    {GgufType::q5_1, "q5_1", 7, 32, 24, 5, true, 0, 0, 0},
+    {GgufType::q4_k, "q4_k", 12, 256, 144, 4, true, 0, 0, 16},
+    {GgufType::q5_k, "q5_k", 13, 256, 176, 5, true, 0, 0, 16},
+    {GgufType::q6_k, "q6_k", 14, 256, 210, 6, false, 208, 192, 18},
 };
 
 KQuantType kquant_type(GgufType type) {
@@ -96,6 +96,20 @@ void unpack_block(
     codes[j + kHalf] =
         (qs[j] >> 4) | static_cast<int>(((qh >> (j + kHalf)) & 1u) << 4);
   }
+}
+
+// A representation from its stored bytes: a block with those bytes and zero
+// codes, unpacked.
+KQuantRepresentation read_representation(
+    const GgufTypeInfo& info,
+    const uint8_t* bytes) {
+  uint8_t block[256] = {};
+  for (int i = 0; i < info.representation_bytes; ++i)
+    block[info.representation_offset + i] = bytes[i];
+  KQuantRepresentation rep;
+  uint8_t codes[kKQuantBlockSize];
+  kquant_unpack(kquant_type(info.type), block, rep, codes);
+  return rep;
 }
 
 } // namespace
@@ -204,6 +218,87 @@ void gguf_codes_ref(
     }
   }
 }
+
+void gguf_search_ref(
+    const float* x,
+    int64_t n,
+    GgufType type,
+    uint8_t* representations) {
+  const auto& info = gguf_type_info(type);
+  const KQuantType k = kquant_type(type);
+  uint8_t block[256];
+  const uint8_t zero_codes[kKQuantBlockSize] = {};
+  for (int64_t b = 0; b < n / kKQuantBlockSize; ++b) {
+    KQuantRepresentation rep;
+    kquant_search(k, x + b * kKQuantBlockSize, rep, nullptr);
+    kquant_pack(k, rep, zero_codes, block);
+    uint8_t* o = representations + b * info.representation_bytes;
+    for (int i = 0; i < info.representation_bytes; ++i)
+      o[i] = block[info.representation_offset + i];
+  }
+}
+
+template <typename T>
+void fake_quant_gguf_fixed_ref(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    const uint8_t* representations,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end) {
+  const auto& info = gguf_type_info(type);
+  const KQuantType k = kquant_type(type);
+  float values[kKQuantBlockSize];
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const KQuantRepresentation rep = read_representation(
+        info, representations + b * info.representation_bytes);
+    const int64_t at = b * kKQuantBlockSize;
+    for (int i = 0; i < kKQuantBlockSize; ++i)
+      values[i] = to_float(x[at + i]);
+    uint8_t codes[kKQuantBlockSize] = {};
+    kquant_codes(k, rep, values, codes, mask ? mask + at : nullptr);
+    for (int i = 0; i < kKQuantBlockSize; ++i) {
+      const float v = values[i];
+      y[at + i] =
+          from_float<T>(v != v ? v : kquant_dequantize(k, rep, i, codes[i]));
+    }
+  }
+}
+
+void quantize_gguf_fixed_ref(
+    const float* x,
+    int64_t n,
+    GgufType type,
+    const uint8_t* representations,
+    uint8_t* out) {
+  const auto& info = gguf_type_info(type);
+  const KQuantType k = kquant_type(type);
+  for (int64_t b = 0; b < n / kKQuantBlockSize; ++b) {
+    const KQuantRepresentation rep = read_representation(
+        info, representations + b * info.representation_bytes);
+    uint8_t codes[kKQuantBlockSize] = {};
+    kquant_codes(k, rep, x + b * kKQuantBlockSize, codes, nullptr);
+    kquant_pack(k, rep, codes, out + b * info.block_bytes);
+  }
+}
+
+template void fake_quant_gguf_fixed_ref<float>(
+    const float*,
+    float*,
+    uint8_t*,
+    const uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
+template void fake_quant_gguf_fixed_ref<BFloat16>(
+    const BFloat16*,
+    BFloat16*,
+    uint8_t*,
+    const uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
 
 template void fake_quant_gguf_ref<float>(
     const float*,

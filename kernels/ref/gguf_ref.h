@@ -22,6 +22,11 @@ struct GgufTypeInfo {
   int bits;         // bits per code
   bool has_minimum; // codes are offset by a (sub-)block minimum
   int scale_offset; // byte offset of the block's half scale d
+  // K-quants: where in the block the representation (half d, dmin, sub-block
+  // scales and mins: everything but the codes) lies, and its bytes; 0 for
+  // the 32-value types, which are always quantized from their values.
+  int representation_offset;
+  int representation_bytes;
 };
 
 // Every GGUF block type, in GgufType order.
@@ -61,5 +66,42 @@ void gguf_codes_ref(
     int64_t n,
     GgufType type,
     int32_t* out);
+
+// K-quants with a fixed representation: a trainer searches each super-block's
+// representation once (ggml's search, as quantize_row_q*_K_ref does it) and
+// keeps it, or learns it, while the codes follow the weights. A
+// representation is stored as ggml stores it in the block: representation
+// bytes per super-block, consecutive.
+//
+// The representations of n values (a multiple of 256).
+void gguf_search_ref(
+    const float* x,
+    int64_t n,
+    GgufType type,
+    uint8_t* representations);
+// Fake-quant of super-blocks [block_begin, block_end) under their given
+// representations: each value's code as ggml's last pass rounds it, then
+// dequantized; mask[i] = 1 where the code was not clipped. NaN stays NaN.
+template <typename T>
+void fake_quant_gguf_fixed_ref(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    const uint8_t* representations,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end);
+// The stored blocks of n values under their representations: what
+// fake_quant_gguf_fixed_ref dequantizes to, bit for bit. With the
+// representations gguf_search_ref found for the same values, these are
+// quantize_gguf_ref's bytes, except in a sub-block whose scale is 0 (every
+// code stands for the same value there; ggml keeps its search's codes, this
+// writes 0).
+void quantize_gguf_fixed_ref(
+    const float* x,
+    int64_t n,
+    GgufType type,
+    const uint8_t* representations,
+    uint8_t* out);
 
 } // namespace qat::kernels

@@ -43,7 +43,8 @@ void QuantizedLayer::convert_weight() {
   torch::NoGradGuard no_grad;
   QParams q{fq.scale(), fq.zero_point()};
   if (spec.gguf() != GgufRule::none) {
-    quantized_weight = QuantizedWeight::quantize(w, spec, {}, {});
+    quantized_weight =
+        QuantizedWeight::quantize(w, spec, fq.gguf_representation(), {});
     return;
   }
   if (spec.dynamic()) {
