@@ -71,6 +71,7 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <fstream>
@@ -88,6 +89,7 @@
 #include "trainers/data/sources.h"
 #include "trainers/eval/multiple_choice.h"
 #include "trainers/models/classifiers.h"
+#include "trainers/models/gguf_mix.h"
 #include "trainers/models/hf_architectures.h"
 #include "trainers/models/llama.h"
 #include "trainers/models/llama_gguf.h"
@@ -343,8 +345,10 @@ void export_onnx_model(
 }
 
 // The GGUF model at `in_path` with every Linear layer quantized to `type`
-// (q8_0 or q4_0, round to nearest as PTQ does; f32 keeps the float model;
-// the tied embedding stays float), exported to `gguf_path`.
+// (a GGUF block type, round to nearest as PTQ does; the tied embedding stays
+// float), or with llama.cpp's type mix `type` (q4_k_m, q5_k_m, q6_k: each
+// tensor as llama-quantize types it, the K-quants by ggml's search); f32 keeps
+// the float model. Exported to `gguf_path`.
 void gguf_quantize(
     const char* in_path,
     const char* gguf_path,
@@ -352,11 +356,15 @@ void gguf_quantize(
   using namespace qat::models;
   const auto source = qat::gguf::File::read(in_path);
   LlamaForCausalLM lm = load_llama_gguf(source);
-  if (type != "f32") {
+  const auto mixes = gguf_mix_presets();
+  if (std::find(mixes.begin(), mixes.end(), type) != mixes.end()) {
+    qat::prepare(*lm, gguf_mix_scheme(*lm, type));
+    qat::convert(*lm);
+  } else if (type != "f32") {
     if (!qat::kernels::find_gguf_type(type))
       throw std::invalid_argument(
           "gguf-quantize: type '" + type +
-          "'; expected f32 or a GGUF block type");
+          "'; expected f32, a GGUF block type or a type mix");
     qat::prepare(
         *lm,
         {{qat::QuantRule::quantize(

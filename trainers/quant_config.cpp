@@ -2,8 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <utility>
+
+#include "trainers/models/gguf_mix.h"
 
 namespace qat::recipe {
 namespace {
@@ -198,6 +201,26 @@ void quantizer_slot(
 
 } // namespace
 
+std::string gguf_mix_preset(const Recipe& recipe, const std::string& key) {
+  const std::string at = key + ".gguf_mix";
+  if (!recipe.has(at))
+    return "";
+  const auto preset = recipe.get<std::string>(at);
+  const auto known = models::gguf_mix_presets();
+  if (std::find(known.begin(), known.end(), preset) == known.end()) {
+    std::string names;
+    for (const auto& n : known)
+      names += (names.empty() ? "" : ", ") + n;
+    const std::string best = closest(preset, known);
+    recipe.fail_at(
+        at,
+        "unknown llama.cpp type mix '" + preset + "'" +
+            (best.empty() ? "" : " (did you mean '" + best + "'?)") +
+            "; known: " + names);
+  }
+  return preset;
+}
+
 QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
   if (!recipe.has(key)) {
     std::vector<std::string> known;
@@ -211,9 +234,12 @@ QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
             (best.empty() ? std::string()
                           : " (did you mean '" + parent + "." + best + "'?)"));
   }
-  check_keys(recipe, key, {"rules", "description"});
+  check_keys(recipe, key, {"rules", "description", "gguf_mix"});
+  gguf_mix_preset(recipe, key);
   QuantConfig config;
   const std::string rules = key + ".rules";
+  if (!recipe.has(rules) && recipe.has(key + ".gguf_mix"))
+    return config;
   for (const auto& index : recipe.keys(rules)) {
     const std::string rule = rules + "." + index;
     check_keys(

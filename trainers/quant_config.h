@@ -11,8 +11,13 @@
 //           input: {bits: 4, symmetric: false, observer: moving_average}
 //         - match: "stem"
 //           skip: true               # stays in high precision
+//     q4_k_m:
+//       gguf_mix: q4_k_m             # llama.cpp's llama-quantize types per
+//                                    # tensor (q4_k_m, q5_k_m, q6_k), after
+//                                    # any rules of the scheme's own
 //
-// A quantizer takes: format (int, fp8_e4m3, fp8_e5m2), gguf (q8_0, q4_0),
+// A quantizer takes: format (int, fp8_e4m3, fp8_e5m2), gguf (q8_0, q4_0,
+// q5_0, q5_1, q4_k, q5_k, q6_k),
 // bits, signed, symmetric, narrow_range, symmetric_scale (qmax: amax / 127,
 // the runtimes' rule and the default; half_range: torch.ao's amax / 127.5),
 // granularity (per_tensor,
@@ -31,6 +36,11 @@ namespace qat::recipe {
 
 // The scheme at `key` (e.g. "quant.w4a4"), validated: unknown keys, names and
 // specs that QuantSpec::validate refuses are errors at their place.
+// The rules only: a gguf_mix is resolved against the model (see
+// gguf_mix_preset and models::gguf_mix_scheme).
 QuantConfig quant_config(const Recipe& recipe, const std::string& key);
+
+// The scheme's gguf_mix preset, checked, or "" when it has none.
+std::string gguf_mix_preset(const Recipe& recipe, const std::string& key);
 
 } // namespace qat::recipe

@@ -108,7 +108,7 @@ ModelResult Job::evaluate_checkpoint(
   auto& job = *job_;
   auto model = job.build_model();
   if (!scheme.empty())
-    prepare(*model, job.scheme(scheme));
+    prepare(*model, job.scheme(scheme, *model));
   load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
   ModelResult r;
   r.name = scheme.empty() ? "float" : scheme;
@@ -126,7 +126,7 @@ ExportSizes Job::export_checkpoint(
   auto& job = *job_;
   job.float_model = job.build_model();
   auto model = job.build_model();
-  prepare(*model, job.scheme(scheme));
+  prepare(*model, job.scheme(scheme, *model));
   load_module_state(*model, read_checkpoint(checkpoint).model, checkpoint);
   convert(*model);
   return write_export(
@@ -170,7 +170,7 @@ std::string Job::info(const std::string& scheme) {
       << " as fp32\n";
   if (!scheme.empty()) {
     auto model = job.copy_of_float("");
-    const auto report = prepare(*model, job.scheme(scheme));
+    const auto report = prepare(*model, job.scheme(scheme, *model));
     job.calibrate(*model); // sizes the weight quantizers
     out << "scheme " << scheme << ":\n"
         << report.table() << "served weights: "

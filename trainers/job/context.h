@@ -47,8 +47,9 @@ struct JobContext {
   Model build_model() {
     return task().build_model();
   }
-  // quant.<name>, the scheme a stage prepares.
-  QuantConfig scheme(const std::string& name) const;
+  // quant.<name>, the scheme a stage prepares `model` with: its rules, then
+  // its gguf_mix resolved for this model.
+  QuantConfig scheme(const std::string& name, torch::nn::Module& model) const;
   // The float model, or a TrainingError saying the float stage comes first.
   torch::nn::Module& need_float() const;
   // A copy of the float model, prepared with `scheme` ("" for float).

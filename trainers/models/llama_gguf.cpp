@@ -2,11 +2,15 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <regex>
 
 #include "kernels/ref/gguf_ref.h"
 #include "qat/convert.h"
+#include "qat/modules/layer_specs.h"
+#include "trainers/models/gguf_mix.h"
 
 namespace qat::models {
 namespace {
@@ -37,6 +41,11 @@ int64_t rotary_heads(const std::string& hf_name, const LlamaConfig& c) {
   return 0;
 }
 
+// The gguf_<type> preset of a GGUF type name.
+LayerQuantSpecs preset_specs(const std::string& type) {
+  return preset("gguf_" + type);
+}
+
 } // namespace
 
 std::string gguf_tensor_name(const std::string& hf_name) {
@@ -65,6 +74,38 @@ std::string gguf_tensor_name(const std::string& hf_name) {
         return "blk." + m[1].str() + "." + theirs;
   }
   return "";
+}
+
+QuantConfig gguf_mix_scheme(
+    LlamaForCausalLMImpl& model,
+    const std::string& preset) {
+  const LlamaConfig& c = model.config();
+  GgufModelShape shape{
+      c.num_hidden_layers(),
+      c.num_attention_heads(),
+      c.num_key_value_heads(),
+      {}};
+  std::map<std::string, std::string> layer_of; // GGUF name -> our layer
+  for (const auto& p : model.named_parameters()) {
+    if (p.key().find("_quantizer.") != std::string::npos)
+      continue;
+    const auto name = gguf_tensor_name(p.key());
+    if (name.empty())
+      continue;
+    // GGUF lists dimensions innermost first: ne[0] is the row length.
+    auto sizes = p.value().sizes().vec();
+    std::reverse(sizes.begin(), sizes.end());
+    shape.tensors.push_back({name, sizes});
+    layer_of[name] = p.key().substr(0, p.key().rfind('.'));
+  }
+  QuantConfig config;
+  for (const auto& [name, type] : gguf_mix(preset, shape)) {
+    if (type == "f32" || type == "f16")
+      continue;
+    config.rules.push_back(
+        QuantRule::quantize(layer_of.at(name), preset_specs(type)));
+  }
+  return config;
 }
 
 LlamaConfig llama_config_from_gguf(const gguf::File& f) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "qat/export/gguf.h"
+#include "qat/prepare.h"
 #include "trainers/models/llama.h"
 #include "trainers/text/hf_tokenizer.h"
 
@@ -47,6 +48,17 @@ GgufExportReport save_llama_gguf(
     const std::string& path,
     const std::string& name,
     const gguf::File* tokenizer_source = nullptr);
+
+// The scheme that gives each layer of `model` the GGUF type llama.cpp's
+// llama-quantize gives its tensor for `preset` ("q4_k_m", "q5_k_m", "q6_k";
+// trainers/models/gguf_mix.h): one rule per quantized layer, by its exact
+// name, so that QAT trains the types the runtime will serve. What llama.cpp
+// keeps float stays float; a tensor it would store as F16 (a row length not
+// a multiple of 32) stays float too and exports as F32. Throws
+// std::invalid_argument naming an unknown preset.
+QuantConfig gguf_mix_scheme(
+    LlamaForCausalLMImpl& model,
+    const std::string& preset);
 
 // A tokenizer.json tokenizer as llama.cpp's tokenizer.ggml.* keys (model,
 // pre, tokens, token_type, merges, special ids, add_bos / add_eos) and
