@@ -14,7 +14,8 @@
 // Per-channel is int8 along axis 0; per-group is int4 with groups of 128 along
 // the last axis (ATen has no per-group op: it runs as per-channel over the
 // [rows * cols / 128, 128] view, the usual way to emulate groups with
-// torch.ao). Backward is grad * mask from the forward's mask.
+// torch.ao). GGUF rows compare with the same rule composed of ATen ops (ATen
+// has no block fake-quant). Backward is grad * mask from the forward's mask.
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
@@ -145,6 +146,40 @@ int main(int argc, char** argv) {
         [&] {
           at::fake_quantize_per_channel_affine_cachemask(
               x_groups, scale_rows, zp_rows, 0, -8, 7);
+        });
+
+    // GGUF Q4_0 (blocks of 32, scale from each block's largest magnitude),
+    // against the same rule composed of ATen ops.
+    const auto x_blocks = x.to(torch::kFloat).reshape({-1, 32});
+    measure(
+        "GGUF q4_0 fwd+mask",
+        [&] { qat::ops::fake_quant_gguf_cachemask(x, "q4_0"); },
+        [&] {
+          const auto largest =
+              x_blocks.gather(1, x_blocks.abs().argmax(1, true));
+          const auto d = largest / -8.0;
+          const auto inv = torch::where(d != 0, d.reciprocal(), 0);
+          const auto q = torch::trunc(x_blocks * inv + 8.5).clamp(0, 15);
+          (void)((q - 8) * d.to(torch::kHalf).to(torch::kFloat))
+              .reshape(x.sizes())
+              .to(dtype);
+        });
+
+    // GGUF Q4_K under a kept representation (what a QAT step runs), against
+    // its rule composed of ATen ops on the same sub-block scales and mins:
+    // clamp(round((x + m) / d), 0, 15) * d - m per sub-block of 32.
+    const auto reps = qat::ops::gguf_search(x, "q4_k");
+    const auto sub = x.to(torch::kFloat).reshape({-1, 32});
+    const auto sub_scale = torch::rand({sub.size(0), 1}).mul_(0.01).add_(1e-3);
+    const auto sub_min = torch::rand({sub.size(0), 1}).mul_(0.05);
+    measure(
+        "GGUF q4_k (kept scales) fwd+mask",
+        [&] { qat::ops::fake_quant_gguf_fixed_cachemask(x, reps, "q4_k"); },
+        [&] {
+          const auto q = torch::round((sub + sub_min) / sub_scale);
+          (void)(q.clamp(0, 15) * sub_scale - sub_min)
+              .reshape(x.sizes())
+              .to(dtype);
         });
 
     // Backward: grad * mask (ATen's cachemask backward is exactly dY * mask).
