@@ -159,6 +159,23 @@ def main(qat: str, recipes: str) -> int:
     typed = run(qat, "train", digits, "trainer.float.steps=many")
     check(typed.returncode == 1 and "trainer.float.steps" in typed.stderr and "int" in typed.stderr,
           f"wrong override type: {typed.stderr}")
+    # GGUF schemes the pinned llama.cpp cannot serve are refused by name, before any work.
+    kquants = os.path.join(recipes, "smollm2_q4_k_m.yaml")
+    for override, message in (
+            ("quant.q4_k_m.gguf_mix=q4_k_s",
+             "quant.q4_k_m.gguf_mix: unknown llama.cpp type mix 'q4_k_s' (did you mean 'q4_k_m'?)"),
+            ("+quant.q4_k_m.rules=[{match: '*', weight: {gguf: q3_k}}]",
+             "quant.q4_k_m.rules.0.weight.gguf"),
+    ):
+        refused = run(qat, "train", kquants, override, "--check")
+        check(refused.returncode == 1 and message in refused.stderr
+              and len(refused.stderr.strip().splitlines()) == 1,
+              f"{override}: one line naming the key: {refused.stderr}")
+    # A GGUF mix on a model it cannot type (the image classifier) names the key.
+    mlp = run(qat, "train", digits, "+quant.mix.gguf_mix=q4_k_m", "trainer.ptq.schemes=[mix]",
+              "--check")
+    check(mlp.returncode == 1 and "quant.mix.gguf_mix" in mlp.stderr
+          and "Llama-style decoder" in mlp.stderr, f"gguf_mix on an MLP: {mlp.stderr}")
     return report(checks, failures)
 
 
