@@ -427,6 +427,30 @@ float kquant_dequantize(
   return wide_scale(rep, s) * static_cast<float>(code) - wide_min(rep, s);
 }
 
+void kquant_fake_quant(
+    KQuantType type,
+    const KQuantRepresentation& rep,
+    const float* x,
+    uint8_t* codes,
+    float* y,
+    uint8_t* mask) {
+  kquant_codes(type, rep, x, codes, mask);
+  const int size = kquant_sub_block_size(type);
+  const bool narrow = type == KQuantType::q6_k;
+  for (int s = 0; s < kquant_sub_blocks(type); ++s) {
+    // kquant_dequantize's operations, its scale and min read once a
+    // sub-block.
+    const float scale = narrow ? narrow_scale(rep, s) : wide_scale(rep, s);
+    const float min = narrow ? 0.0f : wide_min(rep, s);
+    for (int i = s * size; i < (s + 1) * size; ++i) {
+      const float value = narrow
+          ? scale * static_cast<float>(codes[i] - kQ6CodeOffset)
+          : scale * static_cast<float>(codes[i]) - min;
+      y[i] = x[i] != x[i] ? x[i] : value;
+    }
+  }
+}
+
 void kquant_pack(
     KQuantType type,
     const KQuantRepresentation& rep,
@@ -589,12 +613,10 @@ void fake_quant_kquant_ref(
     for (int i = 0; i < kKQuantBlockSize; ++i)
       values[i] = to_float(x[at + i]);
     kquant_search(type, values, rep, codes);
-    kquant_codes(type, rep, values, codes, mask ? mask + at : nullptr);
-    for (int i = 0; i < kKQuantBlockSize; ++i) {
-      const float v = values[i];
-      y[at + i] =
-          from_float<T>(v != v ? v : kquant_dequantize(type, rep, i, codes[i]));
-    }
+    kquant_fake_quant(
+        type, rep, values, codes, values, mask ? mask + at : nullptr);
+    for (int i = 0; i < kKQuantBlockSize; ++i)
+      y[at + i] = from_float<T>(values[i]);
   }
 }
 

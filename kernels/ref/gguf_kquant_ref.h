@@ -100,6 +100,17 @@ float kquant_dequantize(
     int index,
     int code);
 
+// kquant_codes, then each value as kquant_dequantize gives it (the scale and
+// min of a sub-block read once), NaN where x is NaN: the fake-quantized
+// values. y may be x.
+void kquant_fake_quant(
+    KQuantType type,
+    const KQuantRepresentation& rep,
+    const float* x,
+    uint8_t* codes,
+    float* y,
+    uint8_t* mask);
+
 // rep and 256 codes to ggml's stored bytes (kquant_block_bytes of them), and
 // back. Every byte pattern unpacks, and packs back to itself.
 void kquant_pack(

@@ -257,12 +257,10 @@ void fake_quant_gguf_fixed_ref(
     for (int i = 0; i < kKQuantBlockSize; ++i)
       values[i] = to_float(x[at + i]);
     uint8_t codes[kKQuantBlockSize] = {};
-    kquant_codes(k, rep, values, codes, mask ? mask + at : nullptr);
-    for (int i = 0; i < kKQuantBlockSize; ++i) {
-      const float v = values[i];
-      y[at + i] =
-          from_float<T>(v != v ? v : kquant_dequantize(k, rep, i, codes[i]));
-    }
+    kquant_fake_quant(
+        k, rep, values, codes, values, mask ? mask + at : nullptr);
+    for (int i = 0; i < kKQuantBlockSize; ++i)
+      y[at + i] = from_float<T>(values[i]);
   }
 }
 
