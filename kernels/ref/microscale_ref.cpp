@@ -1,0 +1,217 @@
+#include "kernels/ref/microscale_ref.h"
+
+#include <cassert>
+
+namespace qat::kernels {
+namespace {
+
+// The presets (quantization/quant_scheme.py) and the compressors
+// infer_module_format picks for them (compressors/format.py): NVFP4
+// TENSOR_GROUP 16 with e4m3fn scales -> NVFP4PackedCompressor; MXFP4 GROUP 32
+// with uint8 scales -> MXFP4PackedCompressor; MXFP8 GROUP 32 with uint8
+// scales -> MXFP8QuantizationCompressor.
+constexpr MicroscaleFormatInfo kFormats[] = {
+    {MicroscaleFormat::nvfp4,
+     "nvfp4",
+     "NVFP4",
+     "nvfp4-pack-quantized",
+     16,
+     4,
+     true,
+     "weight_packed",
+     "U8",
+     "F8_E4M3"},
+    {MicroscaleFormat::mxfp4,
+     "mxfp4",
+     "MXFP4",
+     "mxfp4-pack-quantized",
+     32,
+     4,
+     false,
+     "weight_packed",
+     "U8",
+     "U8"},
+    {MicroscaleFormat::mxfp8,
+     "mxfp8",
+     "MXFP8",
+     "mxfp8-quantized",
+     32,
+     8,
+     false,
+     "weight",
+     "F8_E4M3",
+     "U8"},
+};
+
+} // namespace
+
+const MicroscaleFormatInfo* microscale_formats(int* count) {
+  *count = static_cast<int>(sizeof kFormats / sizeof kFormats[0]);
+  return kFormats;
+}
+
+const MicroscaleFormatInfo& microscale_format_info(MicroscaleFormat format) {
+  return kFormats[static_cast<int>(format)];
+}
+
+const MicroscaleFormatInfo* find_microscale_format(std::string_view name) {
+  for (const MicroscaleFormatInfo& info : kFormats)
+    if (name == info.name)
+      return &info;
+  return nullptr;
+}
+
+float microscale_amax_ref(const float* x, int64_t n) {
+  // calculate_qparams' max(|min(min, 0)|, |max(max, 0)|) of torch.amin and
+  // torch.amax is the largest magnitude (0 for an empty or all-zero block),
+  // NaN as soon as one value is NaN.
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    m = max_magnitude(m, x[i]);
+  return m;
+}
+
+float microscale_global_scale_ref(
+    const float* x,
+    int64_t n,
+    MicroscaleFormat format) {
+  return format == MicroscaleFormat::nvfp4
+      ? nvfp4_global_scale(microscale_amax_ref(x, n))
+      : 1.0f;
+}
+
+uint8_t microscale_block_scale_ref(
+    const float* block,
+    MicroscaleFormat format,
+    float global_scale) {
+  return microscale_scale_code(
+      format,
+      microscale_amax_ref(block, microscale_block_size(format)),
+      global_scale);
+}
+
+void microscale_scales_ref(
+    const float* x,
+    int64_t rows,
+    int64_t cols,
+    MicroscaleFormat format,
+    float global_scale,
+    uint8_t* scale_codes) {
+  const int block = microscale_block_size(format);
+  assert(cols % block == 0);
+  const int64_t blocks = rows * (cols / block);
+  for (int64_t b = 0; b < blocks; ++b)
+    scale_codes[b] =
+        microscale_block_scale_ref(x + b * block, format, global_scale);
+}
+
+void fake_quant_microscale_ref(
+    const float* x,
+    float* y,
+    uint8_t* mask,
+    int64_t rows,
+    int64_t cols,
+    MicroscaleFormat format,
+    const uint8_t* scale_codes,
+    float global_scale) {
+  const int block = microscale_block_size(format);
+  assert(cols % block == 0);
+  const int64_t blocks = rows * (cols / block);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float scale =
+        microscale_scale_value(format, scale_codes[b], global_scale);
+    for (int64_t i = b * block; i < (b + 1) * block; ++i) {
+      const AffineQuantized q = microscale_fake_quant(format, x[i], scale);
+      y[i] = q.value;
+      if (mask)
+        mask[i] = q.in_range ? 1 : 0;
+    }
+  }
+}
+
+int64_t microscale_values_bytes(
+    MicroscaleFormat format,
+    int64_t rows,
+    int64_t cols) {
+  return format == MicroscaleFormat::mxfp8 ? rows * cols : rows * cols / 2;
+}
+
+void pack_microscale_ref(
+    const float* x,
+    int64_t rows,
+    int64_t cols,
+    MicroscaleFormat format,
+    const uint8_t* scale_codes,
+    float global_scale,
+    uint8_t* values,
+    uint8_t* stored_scales) {
+  const int block = microscale_block_size(format);
+  assert(cols % block == 0);
+  const int64_t blocks = rows * (cols / block);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float scale =
+        microscale_scale_value(format, scale_codes[b], global_scale);
+    stored_scales[b] = microscale_stored_scale(format, scale_codes[b]);
+    const int64_t begin = b * block;
+    if (format == MicroscaleFormat::mxfp8) {
+      for (int64_t i = begin; i < begin + block; ++i)
+        values[i] = microscale_element_code(format, x[i], scale);
+      continue;
+    }
+    // pack_fp4_to_uint8: indices.reshape(-1, 2), packed = [:, 0] | [:, 1] << 4
+    // (element 2i in the low nibble of byte i, row-major over the tensor).
+    for (int64_t i = begin; i < begin + block; i += 2)
+      values[i / 2] = static_cast<uint8_t>(
+          microscale_element_code(format, x[i], scale) |
+          microscale_element_code(format, x[i + 1], scale) << 4);
+  }
+}
+
+template <typename T>
+void unpack_microscale_ref(
+    const uint8_t* values,
+    const uint8_t* stored_scales,
+    int64_t rows,
+    int64_t cols,
+    MicroscaleFormat format,
+    float global_scale,
+    T* out) {
+  const int block = microscale_block_size(format);
+  assert(cols % block == 0);
+  const int64_t blocks = rows * (cols / block);
+  for (int64_t b = 0; b < blocks; ++b) {
+    // NVFP4: _dequantize divides the (bfloat16) scale by the float32 global
+    // scale, in float32 since the global scale is a 1-element tensor; MX:
+    // decompress_mx_scale's power of two, exact in bfloat16 as in float32.
+    const float scale =
+        microscale_stored_scale_value(format, stored_scales[b], global_scale);
+    for (int64_t i = b * block; i < (b + 1) * block; ++i) {
+      const uint8_t code = format == MicroscaleFormat::mxfp8
+          ? values[i]
+          : static_cast<uint8_t>((values[i / 2] >> (4 * (i & 1))) & 0xFu);
+      // NVFP4: x_q.to(float32) * scale, then .to(bfloat16). MXFP4 and MXFP8
+      // multiply in bfloat16 (each product is rounded once, from the exact
+      // float32 product); the same result.
+      out[i] = from_float<T>(microscale_element_value(format, code) * scale);
+    }
+  }
+}
+
+template void unpack_microscale_ref<float>(
+    const uint8_t*,
+    const uint8_t*,
+    int64_t,
+    int64_t,
+    MicroscaleFormat,
+    float,
+    float*);
+template void unpack_microscale_ref<BFloat16>(
+    const uint8_t*,
+    const uint8_t*,
+    int64_t,
+    int64_t,
+    MicroscaleFormat,
+    float,
+    BFloat16*);
+
+} // namespace qat::kernels
