@@ -5,8 +5,9 @@ and exports it as GGUF three times: float (F32), with every Linear layer
 quantized to Q4_0 by rounding to nearest (PTQ; the tied embedding stays
 float), and at llama.cpp's Q4_K_M type mix (each tensor typed as
 llama-quantize types it, the K-quants found by ggml's search). llama.cpp's
-own quantizer (llama_model_quantize, Q4_K_M) run on the F32 export must give
-the same type and the same bytes for every tensor of qat's Q4_K_M export. Given a file as second argument, the checks run on that exported file
+own quantizer (llama_model_quantize: Q4_K_M, Q5_K_M and Q6_K) run on the F32
+export must give the same type and the same bytes for every tensor of qat's
+export at the same mix. Given a file as second argument, the checks run on that exported file
 instead (the QAT model of recipes/smollm2.yaml: runs/smollm2/export/q4_0.gguf).
 On a held-out English sample (Revelation 19-22 of Debian's bible-kjv), cut into
 windows of CONTEXT tokens:
@@ -123,18 +124,28 @@ def main(tool: str, given: str | None) -> int:
             for kind in ("f32", "q4_0", "q4_k_m"):
                 files.append(os.path.join(tmp, f"smollm2_{kind}.gguf"))
                 subprocess.run([tool, "gguf-quantize", smollm2_path(), files[-1], kind], check=True)
-            # llama.cpp's own Q4_K_M of the float export: qat's, tensor for tensor.
-            theirs = os.path.join(tmp, "llama_cpp_q4_k_m.gguf")
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-            params.nthread = 2
-            check(llama_cpp.llama_model_quantize(files[0].encode(), theirs.encode(), params) == 0,
-                  "llama_model_quantize ran")
-            problems = same_tensors(files[2], theirs)
-            types = sorted({t.tensor_type.name for t in GGUFReader(theirs).tensors})
-            print(f"Q4_K_M: {len(GGUFReader(theirs).tensors)} tensors ({', '.join(types)}), "
-                  f"{len(problems)} differ from llama.cpp's own quantizer")
-            check(not problems, "qat's Q4_K_M export is llama.cpp's Q4_K_M: " + "; ".join(problems[:5]))
+            # llama.cpp's own quantizer on the float export gives qat's file, tensor for
+            # tensor, for each type mix (Q4_K_M is also evaluated below).
+            for mix, ftype in (("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M),
+                               ("q5_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M),
+                               ("q6_k", llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K)):
+                ours = files[2] if mix == "q4_k_m" else os.path.join(tmp, f"smollm2_{mix}.gguf")
+                if mix != "q4_k_m":
+                    subprocess.run([tool, "gguf-quantize", smollm2_path(), ours, mix], check=True)
+                theirs = os.path.join(tmp, f"llama_cpp_{mix}.gguf")
+                params = llama_cpp.llama_model_quantize_default_params()
+                params.ftype = ftype
+                params.nthread = 2
+                check(llama_cpp.llama_model_quantize(files[0].encode(), theirs.encode(), params) == 0,
+                      f"llama_model_quantize {mix} ran")
+                problems = same_tensors(ours, theirs)
+                types = sorted({t.tensor_type.name for t in GGUFReader(theirs).tensors})
+                print(f"{mix}: {len(GGUFReader(theirs).tensors)} tensors ({', '.join(types)}), "
+                      f"{len(problems)} differ from llama.cpp's own quantizer")
+                check(not problems, f"qat's {mix} export is llama.cpp's: " + "; ".join(problems[:5]))
+                if mix != "q4_k_m":
+                    os.remove(ours)
+                os.remove(theirs)
         float_ref = evaluate(smollm2_path())
         for path in files:
             kind = linear_type(path)
