@@ -98,8 +98,20 @@ void unpack_block(
   }
 }
 
-// A representation from its stored bytes: a block with those bytes and zero
-// codes, unpacked.
+// A representation as ggml stores it: the bytes of a block packed with zero
+// codes, outside the codes.
+void write_representation(
+    const GgufTypeInfo& info,
+    const KQuantRepresentation& rep,
+    uint8_t* bytes) {
+  uint8_t block[256];
+  const uint8_t zero_codes[kKQuantBlockSize] = {};
+  kquant_pack(kquant_type(info.type), rep, zero_codes, block);
+  for (int i = 0; i < info.representation_bytes; ++i)
+    bytes[i] = block[info.representation_offset + i];
+}
+
+// And back: a block with those bytes and zero codes, unpacked.
 KQuantRepresentation read_representation(
     const GgufTypeInfo& info,
     const uint8_t* bytes) {
@@ -131,10 +143,6 @@ const GgufTypeInfo* find_gguf_type(std::string_view name) {
   return nullptr;
 }
 
-int64_t gguf_block_bytes(GgufType type) {
-  return gguf_type_info(type).block_bytes;
-}
-
 template <typename T>
 void fake_quant_gguf_ref(
     const T* x,
@@ -159,7 +167,7 @@ void quantize_gguf_ref(const float* x, int64_t n, GgufType type, uint8_t* out) {
     quantize_kquant_ref(x, n, kquant_type(type), out);
     return;
   }
-  const int64_t bytes = gguf_block_bytes(type);
+  const int64_t bytes = gguf_type_info(type).block_bytes;
   for (int64_t b = 0; b < n / kGgufBlockSize; ++b)
     pack_block(
         type,
@@ -176,7 +184,7 @@ void dequantize_gguf_ref(
     dequantize_kquant_ref(blocks, n, kquant_type(type), out);
     return;
   }
-  const int64_t bytes = gguf_block_bytes(type);
+  const int64_t bytes = gguf_type_info(type).block_bytes;
   const int offset = gguf_code_offset(type);
   int32_t codes[kGgufBlockSize];
   for (int64_t b = 0; b < n / kGgufBlockSize; ++b) {
@@ -225,16 +233,11 @@ void gguf_search_ref(
     GgufType type,
     uint8_t* representations) {
   const auto& info = gguf_type_info(type);
-  const KQuantType k = kquant_type(type);
-  uint8_t block[256];
-  const uint8_t zero_codes[kKQuantBlockSize] = {};
   for (int64_t b = 0; b < n / kKQuantBlockSize; ++b) {
     KQuantRepresentation rep;
-    kquant_search(k, x + b * kKQuantBlockSize, rep, nullptr);
-    kquant_pack(k, rep, zero_codes, block);
-    uint8_t* o = representations + b * info.representation_bytes;
-    for (int i = 0; i < info.representation_bytes; ++i)
-      o[i] = block[info.representation_offset + i];
+    kquant_search(kquant_type(type), x + b * kKQuantBlockSize, rep, nullptr);
+    write_representation(
+        info, rep, representations + b * info.representation_bytes);
   }
 }
 

@@ -35,9 +35,6 @@ const GgufTypeInfo& gguf_type_info(GgufType type);
 // The type called `name`, or nullptr.
 const GgufTypeInfo* find_gguf_type(std::string_view name);
 
-// Kept for the 32-value types' callers: gguf_type_info(type).block_bytes.
-int64_t gguf_block_bytes(GgufType type);
-
 // Fake-quant of blocks [block_begin, block_end), each block_size consecutive
 // elements of x; mask[i] = 1 where x[i] was not clipped. mask may be null.
 template <typename T>

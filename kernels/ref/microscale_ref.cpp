@@ -43,6 +43,13 @@ constexpr MicroscaleFormatInfo kFormats[] = {
      "U8"},
 };
 
+// Blocks of a [rows, cols] tensor, each along a row.
+int64_t block_count(int64_t rows, int64_t cols, MicroscaleFormat format) {
+  const int block = microscale_block_size(format);
+  assert(cols % block == 0);
+  return rows * (cols / block);
+}
+
 } // namespace
 
 const MicroscaleFormatInfo* microscale_formats(int* count) {
@@ -98,8 +105,7 @@ void microscale_scales_ref(
     float global_scale,
     uint8_t* scale_codes) {
   const int block = microscale_block_size(format);
-  assert(cols % block == 0);
-  const int64_t blocks = rows * (cols / block);
+  const int64_t blocks = block_count(rows, cols, format);
   for (int64_t b = 0; b < blocks; ++b)
     scale_codes[b] =
         microscale_block_scale_ref(x + b * block, format, global_scale);
@@ -115,8 +121,7 @@ void fake_quant_microscale_ref(
     const uint8_t* scale_codes,
     float global_scale) {
   const int block = microscale_block_size(format);
-  assert(cols % block == 0);
-  const int64_t blocks = rows * (cols / block);
+  const int64_t blocks = block_count(rows, cols, format);
   for (int64_t b = 0; b < blocks; ++b) {
     const float scale =
         microscale_scale_value(format, scale_codes[b], global_scale);
@@ -133,7 +138,7 @@ int64_t microscale_values_bytes(
     MicroscaleFormat format,
     int64_t rows,
     int64_t cols) {
-  return format == MicroscaleFormat::mxfp8 ? rows * cols : rows * cols / 2;
+  return rows * cols * microscale_format_info(format).element_bits / 8;
 }
 
 void pack_microscale_ref(
@@ -146,8 +151,7 @@ void pack_microscale_ref(
     uint8_t* values,
     uint8_t* stored_scales) {
   const int block = microscale_block_size(format);
-  assert(cols % block == 0);
-  const int64_t blocks = rows * (cols / block);
+  const int64_t blocks = block_count(rows, cols, format);
   for (int64_t b = 0; b < blocks; ++b) {
     const float scale =
         microscale_scale_value(format, scale_codes[b], global_scale);
@@ -177,8 +181,7 @@ void unpack_microscale_ref(
     float global_scale,
     T* out) {
   const int block = microscale_block_size(format);
-  assert(cols % block == 0);
-  const int64_t blocks = rows * (cols / block);
+  const int64_t blocks = block_count(rows, cols, format);
   for (int64_t b = 0; b < blocks; ++b) {
     // NVFP4: _dequantize divides the (bfloat16) scale by the float32 global
     // scale, in float32 since the global scale is a 1-element tensor; MX:

@@ -60,6 +60,12 @@ ExportSizes write_export(
     const std::string& path,
     const std::string& title);
 
+// The scheme names listed at `key` (trainer.ptq.schemes, ...), each a
+// quant.<name> that parses; errors name the key.
+std::vector<std::string> checked_schemes(
+    const recipe::Recipe& recipe,
+    const std::string& key);
+
 // Whether `stages` includes `stage`.
 bool runs(const std::vector<std::string>& stages, const std::string& stage);
 

@@ -1,5 +1,4 @@
 #include "trainers/job/stage.h"
-#include "trainers/quant_config.h"
 
 namespace qat::train {
 namespace {
@@ -11,26 +10,17 @@ class PtqStage : public Stage {
   std::vector<std::string> check(
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
-    return schemes(recipe);
+    return checked_schemes(recipe, "trainer.ptq.schemes");
   }
 
   void run(JobContext& job) const override {
     job.need_float();
-    for (const auto& name : schemes(job.recipe)) {
+    for (const auto& name :
+         job.recipe.get<std::vector<std::string>>("trainer.ptq.schemes")) {
       auto model = job.copy_of_float(name);
       job.calibrate(*model);
       job.record("PTQ " + name, "ptq." + name, *model, name);
     }
-  }
-
- private:
-  // trainer.ptq.schemes, each of which names a quant.<scheme> that parses.
-  static std::vector<std::string> schemes(const recipe::Recipe& recipe) {
-    const auto names =
-        recipe.get<std::vector<std::string>>("trainer.ptq.schemes");
-    for (const auto& name : names)
-      recipe::quant_config(recipe, "quant." + name);
-    return names;
   }
 };
 

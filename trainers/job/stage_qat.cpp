@@ -1,6 +1,5 @@
 #include "trainers/job/stage.h"
 #include "trainers/job/training.h"
-#include "trainers/quant_config.h"
 
 namespace qat::train {
 namespace {
@@ -14,11 +13,7 @@ class QatStage : public Stage {
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
     LoopConfig::read(recipe, "trainer.qat");
-    const auto names =
-        recipe.get<std::vector<std::string>>("trainer.qat.schemes");
-    for (const auto& name : names)
-      recipe::quant_config(recipe, "quant." + name);
-    return names;
+    return checked_schemes(recipe, "trainer.qat.schemes");
   }
 
   void run(JobContext& job) const override {

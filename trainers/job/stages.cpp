@@ -2,6 +2,7 @@
 #include <utility>
 
 #include "trainers/job/stage.h"
+#include "trainers/quant_config.h"
 
 namespace qat::train {
 namespace {
@@ -42,6 +43,15 @@ std::unique_ptr<Stage> make_stage(
       "unknown stage '" + name + "'" +
           (best.empty() ? "" : " (did you mean '" + best + "'?)") +
           "; stages: " + join_names(names));
+}
+
+std::vector<std::string> checked_schemes(
+    const recipe::Recipe& recipe,
+    const std::string& key) {
+  const auto names = recipe.get<std::vector<std::string>>(key);
+  for (const auto& name : names)
+    recipe::quant_config(recipe, "quant." + name);
+  return names;
 }
 
 bool runs(const std::vector<std::string>& stages, const std::string& stage) {

@@ -41,11 +41,6 @@ int64_t rotary_heads(const std::string& hf_name, const LlamaConfig& c) {
   return 0;
 }
 
-// The gguf_<type> preset of a GGUF type name.
-LayerQuantSpecs preset_specs(const std::string& type) {
-  return preset("gguf_" + type);
-}
-
 } // namespace
 
 std::string gguf_tensor_name(const std::string& hf_name) {
@@ -103,7 +98,7 @@ QuantConfig gguf_mix_scheme(
     if (type == "f32" || type == "f16")
       continue;
     config.rules.push_back(
-        QuantRule::quantize(layer_of.at(name), preset_specs(type)));
+        QuantRule::quantize(layer_of.at(name), qat::preset("gguf_" + type)));
   }
   return config;
 }
