@@ -160,6 +160,99 @@ void lsq_backward_fast(
       row_end);
 }
 
+float microscale_amax_fast(const float* x, int64_t n) {
+  return table().microscale_amax(x, n);
+}
+
+void fake_quant_microscale_fast(
+    const float* x,
+    float* y,
+    uint8_t* mask,
+    int64_t rows,
+    int64_t cols,
+    MicroscaleFormat format,
+    const uint8_t* scale_codes,
+    float global_scale,
+    uint8_t* scale_codes_out) {
+  table().microscale(
+      x,
+      y,
+      mask,
+      rows,
+      cols,
+      format,
+      scale_codes,
+      global_scale,
+      scale_codes_out);
+}
+
+template <typename T>
+void fake_quant_gguf_fast(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end) {
+  // The K-quants' search is not vectorised: the reference's.
+  if (gguf_is_kquant(type)) {
+    fake_quant_gguf_ref(x, y, mask, type, block_begin, block_end);
+    return;
+  }
+  table().get<T>().gguf(
+      x, y, mask, static_cast<int>(type), block_begin, block_end);
+}
+
+template <typename T>
+void fake_quant_gguf_fixed_fast(
+    const T* x,
+    T* y,
+    uint8_t* mask,
+    const uint8_t* representations,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end) {
+  table().get<T>().gguf_fixed(
+      x,
+      y,
+      mask,
+      representations,
+      static_cast<int>(type),
+      block_begin,
+      block_end);
+}
+
+template void fake_quant_gguf_fast<float>(
+    const float*,
+    float*,
+    uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
+template void fake_quant_gguf_fast<BFloat16>(
+    const BFloat16*,
+    BFloat16*,
+    uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
+template void fake_quant_gguf_fixed_fast<float>(
+    const float*,
+    float*,
+    uint8_t*,
+    const uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
+template void fake_quant_gguf_fixed_fast<BFloat16>(
+    const BFloat16*,
+    BFloat16*,
+    uint8_t*,
+    const uint8_t*,
+    GgufType,
+    int64_t,
+    int64_t);
+
 QAT_INSTANTIATE_CPU_KERNELS(fast, float)
 QAT_INSTANTIATE_CPU_KERNELS(fast, BFloat16)
 

@@ -4,9 +4,11 @@
 // instruction or add/subtract trick instead of a libm call). This file is
 // compiled once per instruction set (QAT_FAST_ISA = baseline, avx2, avx512;
 // see CMakeLists.txt) and exports its kernels as one FastKernelTable. Threads
-// come from the op layer.
+// come from the op layer. The block formats' kernels (NVFP4 / MX, GGUF) are in
+// block_fast.cpp, built the same way, and join this table.
 #include <algorithm>
 
+#include "kernels/ref/block_fast_isa.h"
 #include "kernels/ref/fast_kernel_table.h"
 
 #ifndef QAT_FAST_ISA
@@ -188,11 +190,17 @@ const FastKernelTable& QAT_CONCAT(fast_kernels_, QAT_FAST_ISA)() {
       {affine_rows<float>,
        fp8_rows<float>,
        mask_backward_elements<float>,
-       lsq_backward_rows<float>},
+       lsq_backward_rows<float>,
+       fake_quant_gguf_isa<float>,
+       fake_quant_gguf_fixed_isa<float>},
       {affine_rows<BFloat16>,
        fp8_rows<BFloat16>,
        mask_backward_elements<BFloat16>,
-       lsq_backward_rows<BFloat16>}};
+       lsq_backward_rows<BFloat16>,
+       fake_quant_gguf_isa<BFloat16>,
+       fake_quant_gguf_fixed_isa<BFloat16>},
+      fake_quant_microscale_isa,
+      microscale_amax_isa};
   return table;
 }
 

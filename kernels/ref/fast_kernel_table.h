@@ -3,6 +3,7 @@
 // set and fills one table; fake_quant_dispatch.cpp picks the table at run time.
 #pragma once
 
+#include "kernels/ref/block_fast.h"
 #include "kernels/ref/fake_quant_ref.h"
 
 namespace qat::kernels {
@@ -13,11 +14,24 @@ struct FastKernelsFor {
   decltype(&fake_quant_fp8_ref<T>) fp8;
   decltype(&mask_backward_ref<T>) mask_backward;
   decltype(&lsq_backward_ref<T>) lsq_backward;
+  // GGUF kernels take the type as its int: GgufType is declared in each
+  // build's own ABI namespace (quant_math.h). gguf: the 32-value types only.
+  void (*gguf)(const T*, T*, uint8_t*, int, int64_t, int64_t);
+  void (*gguf_fixed)(
+      const T*,
+      T*,
+      uint8_t*,
+      const uint8_t*,
+      int,
+      int64_t,
+      int64_t);
 };
 
 struct FastKernelTable {
   FastKernelsFor<float> f32;
   FastKernelsFor<BFloat16> bf16;
+  decltype(&fake_quant_microscale_fast) microscale;
+  decltype(&microscale_amax_fast) microscale_amax;
 
   template <typename T>
   const FastKernelsFor<T>& get() const {
