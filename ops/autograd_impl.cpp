@@ -6,6 +6,8 @@
 //   fake_quant_gguf                    d input = grad * mask (straight-through)
 //   fake_quant_gguf_fixed              d input = grad * mask; the kept
 //                                      representation gets no gradient
+//   fake_quant_microscale              d input = grad * mask; the global
+//                                      scale gets no gradient
 //   fake_quant_lsq                     d input, d scale, d zero_point (LSQ+)
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -99,6 +101,26 @@ class FakeQuantGgufFixedFunction
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, mask] =
         fake_quant_gguf_fixed_cachemask(input, representations, type);
+    ctx->save_for_backward({mask});
+    return output;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    return {mask_backward(grads[0], mask), {}, {}};
+  }
+};
+
+class FakeQuantMicroscaleFunction
+    : public torch::autograd::Function<FakeQuantMicroscaleFunction> {
+ public:
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      const at::Tensor& input,
+      c10::string_view format,
+      const std::optional<at::Tensor>& global_scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, mask] =
+        fake_quant_microscale_cachemask(input, format, global_scale);
     ctx->save_for_backward({mask});
     return output;
   }
@@ -215,6 +237,17 @@ at::Tensor fake_quant_gguf_fixed_autograd(
   return FakeQuantGgufFixedFunction::apply(input, representations, type);
 }
 
+at::Tensor fake_quant_microscale_autograd(
+    const at::Tensor& input,
+    c10::string_view format,
+    const std::optional<at::Tensor>& global_scale) {
+  if (!needs_grad(input)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fake_quant_microscale(input, format, global_scale);
+  }
+  return FakeQuantMicroscaleFunction::apply(input, format, global_scale);
+}
+
 at::Tensor fake_quant_lsq_autograd(
     const at::Tensor& input,
     const at::Tensor& scale,
@@ -263,6 +296,7 @@ TORCH_LIBRARY_IMPL(qat, Autograd, m) {
   m.impl("fake_quant_fp8", fake_quant_fp8_autograd);
   m.impl("fake_quant_gguf", fake_quant_gguf_autograd);
   m.impl("fake_quant_gguf_fixed", fake_quant_gguf_fixed_autograd);
+  m.impl("fake_quant_microscale", fake_quant_microscale_autograd);
   m.impl("fake_quant_lsq", fake_quant_lsq_autograd);
 }
 

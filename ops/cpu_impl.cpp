@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "kernels/ref/block_fast.h"
 #include "kernels/ref/fake_quant_ref.h"
 #include "kernels/ref/gguf_ref.h"
 #include "ops/fake_quant_impl.h"
@@ -63,7 +64,7 @@ struct Cpu {
       kernels::GgufType type,
       int64_t blocks) {
     at::parallel_for(0, blocks, 1 << 10, [&](int64_t begin, int64_t end) {
-      kernels::fake_quant_gguf_ref(x, y, mask, type, begin, end);
+      kernels::fake_quant_gguf_fast(x, y, mask, type, begin, end);
     });
   }
 
@@ -92,8 +93,50 @@ struct Cpu {
       kernels::GgufType type,
       int64_t blocks) {
     at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
-      kernels::fake_quant_gguf_fixed_ref(
+      kernels::fake_quant_gguf_fixed_fast(
           x, y, mask, representations, type, begin, end);
+    });
+  }
+
+  static float microscale_global_scale(const float* x, int64_t n) {
+    // A maximum: the same for any split; NaN wins.
+    const auto larger = [](float a, float b) {
+      return a != a || b != b ? (a != a ? a : b) : std::max(a, b);
+    };
+    const float amax = at::parallel_reduce(
+        0,
+        n,
+        1 << 16,
+        0.0f,
+        [&](int64_t begin, int64_t end, float ident) {
+          return larger(
+              ident, kernels::microscale_amax_fast(x + begin, end - begin));
+        },
+        larger);
+    return kernels::nvfp4_global_scale(amax);
+  }
+
+  static void microscale(
+      const float* x,
+      float* y,
+      uint8_t* mask,
+      int64_t blocks,
+      kernels::MicroscaleFormat format,
+      float global_scale) {
+    // Blocks never cross a row, so the tensor is `blocks` rows of one block.
+    const int64_t block = kernels::microscale_block_size(format);
+    at::parallel_for(0, blocks, 1 << 10, [&](int64_t begin, int64_t end) {
+      const int64_t offset = begin * block;
+      kernels::fake_quant_microscale_fast(
+          x + offset,
+          y + offset,
+          mask ? mask + offset : nullptr,
+          end - begin,
+          block,
+          format,
+          /*scale_codes=*/nullptr,
+          global_scale,
+          /*scale_codes_out=*/nullptr);
     });
   }
 

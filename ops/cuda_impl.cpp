@@ -82,6 +82,25 @@ struct Cuda {
     refuse_kquant(type);
   }
 
+  static float microscale_global_scale(const float*, int64_t) {
+    refuse_microscale();
+  }
+  static void microscale(
+      const float*,
+      float*,
+      uint8_t*,
+      int64_t,
+      kernels::MicroscaleFormat,
+      float) {
+    refuse_microscale();
+  }
+  [[noreturn]] static void refuse_microscale() {
+    TORCH_CHECK(
+        false,
+        "qat: NVFP4 / MXFP4 / MXFP8 fake-quant has no CUDA kernel yet; "
+        "fake-quantize on the CPU");
+  }
+
   static void refuse_kquant(kernels::GgufType type) {
     TORCH_CHECK(
         false,

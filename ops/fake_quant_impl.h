@@ -18,6 +18,11 @@
 //     template <class T> static void gguf_fixed(const T* x, T* y, uint8_t* mask,
 //                                               const uint8_t* representations,
 //                                               GgufType, int64_t blocks);
+//     // NVFP4's global scale of n values; the microscaling fake-quant of
+//     // `blocks` consecutive blocks under it (ignored by the MX formats).
+//     static float microscale_global_scale(const float* x, int64_t n);
+//     static void microscale(const float* x, float* y, uint8_t* mask,
+//                            int64_t blocks, MicroscaleFormat, float g);
 //     template <class T> static void mask_backward(const T* dy, const uint8_t*
 //     mask, T* dx,
 //                                                  int64_t n);
@@ -193,6 +198,51 @@ struct FakeQuantOps {
     return gguf_forward(input, type, true);
   }
 
+  static std::tuple<at::Tensor, at::Tensor> microscale_forward(
+      const at::Tensor& input,
+      c10::string_view format,
+      const std::optional<at::Tensor>& global_scale,
+      bool with_mask) {
+    constexpr std::string_view op = "qat::fake_quant_microscale";
+    const kernels::MicroscaleFormat fmt = parse_microscale_format(op, format);
+    check_microscale_input(op, input, global_scale, fmt);
+    const typename Device::Guard guard(input.device());
+    // The rules are compressed-tensors' float32 arithmetic.
+    const at::Tensor x = input.contiguous().to(at::kFloat);
+    at::Tensor output = at::empty_like(x);
+    at::Tensor mask = empty_mask_like(x, with_mask);
+    if (x.numel() > 0) {
+      float g = 1.0f;
+      if (kernels::microscale_format_info(fmt).global_scale) {
+        g = global_scale
+            ? checked_global_scale(op, *global_scale)
+            : Device::microscale_global_scale(data_as<float>(x), x.numel());
+      }
+      Device::microscale(
+          data_as<float>(x),
+          data_as<float>(output),
+          with_mask ? data_as<uint8_t>(mask) : nullptr,
+          x.numel() / kernels::microscale_block_size(fmt),
+          fmt,
+          g);
+    }
+    return {output.to(input.scalar_type()), mask};
+  }
+
+  static at::Tensor microscale(
+      const at::Tensor& input,
+      c10::string_view format,
+      const std::optional<at::Tensor>& global_scale) {
+    return std::get<0>(microscale_forward(input, format, global_scale, false));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> microscale_cachemask(
+      const at::Tensor& input,
+      c10::string_view format,
+      const std::optional<at::Tensor>& global_scale) {
+    return microscale_forward(input, format, global_scale, true);
+  }
+
   static at::Tensor affine(
       const at::Tensor& input,
       const at::Tensor& scale,
@@ -357,6 +407,8 @@ struct FakeQuantOps {
     m.impl("gguf_search", gguf_search);
     m.impl("fake_quant_gguf_fixed", gguf_fixed);
     m.impl("fake_quant_gguf_fixed_cachemask", gguf_fixed_cachemask);
+    m.impl("fake_quant_microscale", microscale);
+    m.impl("fake_quant_microscale_cachemask", microscale_cachemask);
     m.impl("mask_backward", mask_backward);
     m.impl("fake_quant_lsq_backward", lsq_backward);
   }

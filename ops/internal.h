@@ -11,6 +11,7 @@
 
 #include "kernels/ref/fake_quant_ref.h"
 #include "kernels/ref/gguf_ref.h"
+#include "kernels/ref/microscale_ref.h"
 
 namespace qat::ops::detail {
 
@@ -90,6 +91,21 @@ void check_gguf_input(
     std::string_view op,
     const at::Tensor& input,
     kernels::GgufType type);
+
+// "nvfp4", "mxfp4" or "mxfp8", or an error naming `op` and the formats.
+kernels::MicroscaleFormat parse_microscale_format(
+    std::string_view op,
+    std::string_view format);
+// float32 / bfloat16 input whose last dimension is a multiple of the format's
+// block; a global scale (float32 [1] on the input's device) for NVFP4 only.
+void check_microscale_input(
+    std::string_view op,
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& global_scale,
+    kernels::MicroscaleFormat format);
+// A given NVFP4 global scale's value (read on the host): finite and positive,
+// else an error naming `op`.
+float checked_global_scale(std::string_view op, const at::Tensor& global_scale);
 
 // Calls fn with a null pointer of the kernel element type for `dtype` (float or
 // BFloat16); the kernels' BFloat16 has the layout of c10::BFloat16.

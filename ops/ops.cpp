@@ -136,6 +136,28 @@ std::tuple<Tensor, Tensor> fake_quant_gguf_fixed_cachemask(
       input, representations, c10::string_view(type.data(), type.size()));
 }
 
+Tensor fake_quant_microscale(
+    const Tensor& input,
+    std::string_view format,
+    const std::optional<Tensor>& global_scale) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&, c10::string_view, const std::optional<Tensor>&)>(
+      "qat::fake_quant_microscale");
+  return op.call(
+      input, c10::string_view(format.data(), format.size()), global_scale);
+}
+
+std::tuple<Tensor, Tensor> fake_quant_microscale_cachemask(
+    const Tensor& input,
+    std::string_view format,
+    const std::optional<Tensor>& global_scale) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor>(
+      const Tensor&, c10::string_view, const std::optional<Tensor>&)>(
+      "qat::fake_quant_microscale_cachemask");
+  return op.call(
+      input, c10::string_view(format.data(), format.size()), global_scale);
+}
+
 Tensor mask_backward(const Tensor& grad, const Tensor& mask) {
   static const auto op =
       typed_op<Tensor(const Tensor&, const Tensor&)>("qat::mask_backward");

@@ -85,6 +85,24 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask(
     const at::Tensor& representations,
     std::string_view type);
 
+// Microscaling fake-quant ("nvfp4", "mxfp4", "mxfp8"; kernels/microscale_math.h):
+// blocks of 16 (NVFP4) or 32 along the last dimension, each block's scale
+// computed from it as compressed-tensors' calculate_qparams does, the values
+// rounded to e2m1 (FP4) or e4m3fn. NVFP4 also divides each block scale by a
+// per-tensor float32 global scale: `global_scale` [1] when given (calibrated
+// or kept), else computed from the input (generate_gparam of its amax); the MX
+// formats have none. Straight-through gradient for the input where nothing
+// clips; the global scale gets none. Float32 or bfloat16 input (computed in
+// float32, the output rounded back).
+at::Tensor fake_quant_microscale(
+    const at::Tensor& input,
+    std::string_view format,
+    const std::optional<at::Tensor>& global_scale);
+std::tuple<at::Tensor, at::Tensor> fake_quant_microscale_cachemask(
+    const at::Tensor& input,
+    std::string_view format,
+    const std::optional<at::Tensor>& global_scale);
+
 // grad * mask.
 at::Tensor mask_backward(const at::Tensor& grad, const at::Tensor& mask);
 

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "ops/internal.h"
 
 namespace qat::ops::detail {
@@ -348,6 +350,75 @@ void check_gguf_input(
       input.sizes());
 }
 
+kernels::MicroscaleFormat parse_microscale_format(
+    std::string_view op,
+    std::string_view format) {
+  if (const auto* info = kernels::find_microscale_format(format))
+    return info->format;
+  TORCH_CHECK(
+      false,
+      op,
+      ": unknown microscaling format '",
+      std::string(format),
+      "'; expected 'nvfp4', 'mxfp4' or 'mxfp8'");
+}
+
+void check_microscale_input(
+    std::string_view op,
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& global_scale,
+    kernels::MicroscaleFormat format) {
+  const auto& info = kernels::microscale_format_info(format);
+  TORCH_CHECK(
+      input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+      op,
+      ": input must be float32 or bfloat16, got ",
+      input.scalar_type());
+  TORCH_CHECK(
+      input.dim() >= 1 && input.size(-1) % info.block_size == 0,
+      op,
+      ": ",
+      info.name,
+      " blocks are ",
+      info.block_size,
+      " consecutive values of the last dimension, which must be a multiple of ",
+      info.block_size,
+      "; got shape ",
+      input.sizes());
+  if (!global_scale)
+    return;
+  TORCH_CHECK(
+      info.global_scale,
+      op,
+      ": ",
+      info.name,
+      " has no global scale (its block scales are powers of two); pass None");
+  TORCH_CHECK(
+      global_scale->scalar_type() == at::kFloat && global_scale->numel() == 1 &&
+          global_scale->device() == input.device(),
+      op,
+      ": the global scale must be one float32 value on ",
+      input.device(),
+      ", got ",
+      global_scale->scalar_type(),
+      " ",
+      global_scale->sizes(),
+      " on ",
+      global_scale->device());
+}
+
+float checked_global_scale(
+    std::string_view op,
+    const at::Tensor& global_scale) {
+  const float g = global_scale.item<float>();
+  TORCH_CHECK(
+      std::isfinite(g) && g > 0.0f,
+      op,
+      ": the NVFP4 global scale must be finite and positive, got ",
+      g);
+  return g;
+}
+
 } // namespace qat::ops::detail
 
 namespace {
@@ -403,7 +474,8 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_cachemask_meta(
   return with_mask_meta(input);
 }
 at::Tensor gguf_search_meta(const at::Tensor& input, c10::string_view type) {
-  const auto gguf = qat::ops::detail::parse_kquant_type("qat::gguf_search", type);
+  const auto gguf =
+      qat::ops::detail::parse_kquant_type("qat::gguf_search", type);
   return at::empty(
       qat::ops::detail::representation_shape(input, gguf),
       input.options().dtype(at::kByte));
@@ -418,6 +490,18 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask_meta(
     const at::Tensor& input,
     const at::Tensor&,
     c10::string_view) {
+  return with_mask_meta(input);
+}
+at::Tensor fake_quant_microscale_meta(
+    const at::Tensor& input,
+    c10::string_view,
+    const std::optional<at::Tensor>&) {
+  return at::empty_like(input);
+}
+std::tuple<at::Tensor, at::Tensor> fake_quant_microscale_cachemask_meta(
+    const at::Tensor& input,
+    c10::string_view,
+    const std::optional<at::Tensor>&) {
   return with_mask_meta(input);
 }
 at::Tensor mask_backward_meta(const at::Tensor& grad, const at::Tensor&) {
@@ -479,6 +563,12 @@ TORCH_LIBRARY(qat, m) {
       "fake_quant_gguf_fixed(Tensor input, Tensor representations, str type) -> Tensor");
   m.def(
       "fake_quant_gguf_fixed_cachemask(Tensor input, Tensor representations, str type) -> (Tensor output, Tensor mask)");
+  // Microscaling formats (NVFP4, MXFP4, MXFP8): dynamic block scales, NVFP4's
+  // global scale given or computed, straight-through gradient.
+  m.def(
+      "fake_quant_microscale(Tensor input, str format, Tensor? global_scale) -> Tensor");
+  m.def(
+      "fake_quant_microscale_cachemask(Tensor input, str format, Tensor? global_scale) -> (Tensor output, Tensor mask)");
   m.def("mask_backward(Tensor grad, Tensor mask) -> Tensor");
   // LSQ / LSQ+: learnable scale and (float) zero point.
   m.def(
@@ -501,6 +591,9 @@ TORCH_LIBRARY_IMPL(qat, Meta, m) {
   m.impl(
       "fake_quant_gguf_fixed_cachemask", fake_quant_gguf_fixed_cachemask_meta);
   m.impl("fake_quant_gguf_cachemask", fake_quant_gguf_cachemask_meta);
+  m.impl("fake_quant_microscale", fake_quant_microscale_meta);
+  m.impl(
+      "fake_quant_microscale_cachemask", fake_quant_microscale_cachemask_meta);
   m.impl("mask_backward", mask_backward_meta);
   m.impl("fake_quant_lsq", fake_quant_lsq_meta);
   m.impl("fake_quant_lsq_backward", fake_quant_lsq_backward_meta);

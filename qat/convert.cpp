@@ -3,10 +3,12 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 
 #include "kernels/ref/gguf_ref.h"
+#include "kernels/ref/microscale_ref.h"
 #include "qat/export/safetensors.h"
 #include "qat/modules/quantizers.h"
 #include "qat/observer.h"
@@ -70,7 +72,7 @@ QuantizedWeight quantize_gguf(
   auto shape = w.sizes().vec();
   shape.back() = row_len / info.block_size * info.block_bytes;
   QuantizedWeight q{
-      spec, w.sizes().vec(), torch::empty(shape, torch::kByte), {}, {}};
+      spec, w.sizes().vec(), torch::empty(shape, torch::kByte), {}, {}, {}};
   if (representations.defined() && representations.numel() > 0) {
     // A K-quant's kept representation: the codes of the weight under it.
     const torch::Tensor reps = representations.cpu().contiguous();
@@ -110,6 +112,75 @@ QuantizedWeight quantize_gguf(
   return q;
 }
 
+const kernels::MicroscaleFormatInfo& microscale_info(const QuantSpec& spec) {
+  return *kernels::find_microscale_format(spec.microscale_name());
+}
+
+// Rows of the last dimension, as the kernels and the checkpoint lay them out.
+std::pair<int64_t, int64_t> microscale_rows(
+    const kernels::MicroscaleFormatInfo& info,
+    at::IntArrayRef shape) {
+  const int64_t cols = shape.empty() ? 1 : shape.back();
+  if (cols % info.block_size != 0) {
+    throw std::invalid_argument(
+        std::string("convert: ") + info.name + " blocks need a last " +
+        "dimension that is a multiple of " + std::to_string(info.block_size) +
+        ", got " + std::to_string(cols));
+  }
+  return {cols == 0 ? 0 : c10::multiply_integers(shape) / cols, cols};
+}
+
+// The microscaling formats: compressed-tensors' stored bytes of the weight
+// under its block scales (and NVFP4's global scale, given).
+QuantizedWeight quantize_microscale(
+    const torch::Tensor& weight,
+    const QuantSpec& spec,
+    const torch::Tensor& global_scale) {
+  const torch::Tensor w = weight.cpu();
+  const auto& info = microscale_info(spec);
+  const auto [rows, cols] = microscale_rows(info, w.sizes());
+  const float g = info.global_scale ? global_scale.item<float>() : 1.0f;
+  if (info.global_scale && !(std::isfinite(g) && g > 0.0f)) {
+    throw std::invalid_argument(
+        "convert: the NVFP4 global scale must be finite and positive, got " +
+        std::to_string(g));
+  }
+  const int64_t blocks = rows * cols / info.block_size;
+  std::vector<uint8_t> codes(blocks);
+  kernels::microscale_scales_ref(
+      w.const_data_ptr<float>(), rows, cols, info.format, g, codes.data());
+  auto values_shape = w.sizes().vec(), scale_shape = w.sizes().vec();
+  if (!values_shape.empty()) {
+    values_shape.back() = info.element_bits == 4 ? cols / 2 : cols;
+    scale_shape.back() = cols / info.block_size;
+  }
+  QuantizedWeight q{
+      spec,
+      w.sizes().vec(),
+      torch::empty(values_shape, torch::kByte),
+      torch::empty(scale_shape, torch::kByte),
+      {},
+      {}};
+  kernels::pack_microscale_ref(
+      w.const_data_ptr<float>(),
+      rows,
+      cols,
+      info.format,
+      codes.data(),
+      g,
+      q.data.mutable_data_ptr<uint8_t>(),
+      q.scale.mutable_data_ptr<uint8_t>());
+  if (info.element_bits == 8)
+    q.data = q.data.view(torch::kFloat8_e4m3fn);
+  if (info.global_scale) {
+    q.scale = q.scale.view(torch::kFloat8_e4m3fn);
+    q.global_scale = torch::full({1}, g);
+  }
+  q.data = q.data.to(weight.device());
+  q.scale = q.scale.to(weight.device());
+  return q;
+}
+
 } // namespace
 
 QuantizedWeight QuantizedWeight::quantize(
@@ -121,8 +192,15 @@ QuantizedWeight QuantizedWeight::quantize(
   const torch::Tensor w = weight.detach().to(torch::kFloat).contiguous();
   if (spec.gguf() != GgufRule::none)
     return quantize_gguf(w, spec, scale);
+  if (spec.is_microscale())
+    return quantize_microscale(w, spec, scale);
   QuantizedWeight q{
-      spec, w.sizes().vec(), {}, scale.detach().to(torch::kFloat).clone(), {}};
+      spec,
+      w.sizes().vec(),
+      {},
+      scale.detach().to(torch::kFloat).clone(),
+      {},
+      {}};
   const torch::Tensor s = expand_params(q.scale, spec, w.sizes());
   if (spec.is_fp8()) {
     // The FP8 kernel's rule: x / scale, saturated, rounded to nearest even.
@@ -170,6 +248,23 @@ torch::Tensor QuantizedWeight::codes() const {
         out.mutable_data_ptr<int32_t>());
     return out.to(data.device());
   }
+  if (spec.is_microscale()) {
+    const auto& info = microscale_info(spec);
+    const torch::Tensor bytes = data.cpu().contiguous().view(torch::kByte);
+    torch::Tensor nibbles = bytes;
+    if (info.element_bits == 4) {
+      nibbles = torch::stack(
+                    {bytes.bitwise_and(0x0F), bytes.bitwise_right_shift(4)}, -1)
+                    .reshape(shape)
+                    .contiguous();
+    }
+    torch::Tensor out = torch::empty(shape, torch::kFloat);
+    const uint8_t* in = nibbles.const_data_ptr<uint8_t>();
+    float* values = out.mutable_data_ptr<float>();
+    for (int64_t i = 0; i < out.numel(); ++i)
+      values[i] = kernels::microscale_element_value(info.format, in[i]);
+    return out.to(data.device());
+  }
   if (spec.is_fp8())
     return data.to(torch::kFloat);
   if (!packed(spec))
@@ -191,6 +286,22 @@ torch::Tensor QuantizedWeight::dequantize() const {
         out.mutable_data_ptr<float>());
     return out.to(data.device());
   }
+  if (spec.is_microscale()) {
+    const auto& info = microscale_info(spec);
+    const auto [rows, cols] = microscale_rows(info, shape);
+    const torch::Tensor values = data.cpu().contiguous().view(torch::kByte);
+    const torch::Tensor scales = scale.cpu().contiguous().view(torch::kByte);
+    torch::Tensor out = torch::empty(shape, torch::kFloat);
+    kernels::unpack_microscale_ref(
+        values.const_data_ptr<uint8_t>(),
+        scales.const_data_ptr<uint8_t>(),
+        rows,
+        cols,
+        info.format,
+        info.global_scale ? global_scale.item<float>() : 1.0f,
+        out.mutable_data_ptr<float>());
+    return out.to(data.device());
+  }
   const torch::Tensor s = expand_params(scale, spec, shape);
   if (spec.is_fp8())
     return codes() * s;
@@ -203,6 +314,10 @@ int64_t QuantizedWeight::storage_bytes() const {
   // GGUF blocks hold their own half scales; `scale` is a float32 view of them.
   if (spec.gguf() != GgufRule::none)
     return data.numel() * data.element_size();
+  if (spec.is_microscale()) {
+    return data.numel() * data.element_size() + scale.numel() +
+        (global_scale.defined() ? 4 : 0);
+  }
   return data.numel() * data.element_size() + scale.numel() * 4 +
       (zero_point.defined() ? zero_point.numel() * 4 : 0);
 }
@@ -279,6 +394,8 @@ void save_converted(torch::nn::Module& model, const std::string& path) {
     tensors.emplace_back(name + ".weight_scale", q.scale);
     if (q.zero_point.defined())
       tensors.emplace_back(name + ".weight_zero_point", q.zero_point);
+    if (q.global_scale.defined())
+      tensors.emplace_back(name + ".weight_global_scale", q.global_scale);
     tensors.emplace_back(name + ".weight_shape", torch::tensor(q.shape));
     metadata[kSpecKey + name] = q.spec.to_string();
   }
@@ -309,7 +426,7 @@ void load_converted(torch::nn::Module& model, const std::string& path) {
     const QParams params = dynamic_qparams(w, spec);
     const QuantizedWeight like =
         QuantizedWeight::quantize(w, spec, params.scale, params.zero_point);
-    QuantizedWeight q{spec, like.shape, {}, {}, {}};
+    QuantizedWeight q{spec, like.shape, {}, {}, {}, {}};
     const auto take = [&](const std::string& suffix,
                           const torch::Tensor& want) {
       const std::string key = name + suffix;
@@ -328,6 +445,8 @@ void load_converted(torch::nn::Module& model, const std::string& path) {
     q.scale = take(".weight_scale", like.scale);
     if (like.zero_point.defined())
       q.zero_point = take(".weight_zero_point", like.zero_point);
+    if (like.global_scale.defined())
+      q.global_scale = take(".weight_global_scale", like.global_scale);
     if (!torch::equal(
             take(".weight_shape", torch::tensor(like.shape)),
             torch::tensor(like.shape)))

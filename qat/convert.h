@@ -26,18 +26,27 @@ struct QuantizedWeight {
   torch::Tensor scale;        // float32, in the qat ops' layout for `spec`
                               // (GGUF: each block's stored half d,
                               // [.., n/block])
-  torch::Tensor zero_point;   // int32, same shape (empty for FP8 and GGUF)
+  torch::Tensor zero_point;   // int32, same shape (empty for FP8, GGUF and
+                              // the microscaling formats)
+  // Microscaling formats (NVFP4, MXFP4, MXFP8) store what compressed-tensors'
+  // compressors store (kernels/ref/microscale_ref.h): `data` the e2m1 codes
+  // two a byte (uint8 [.., n/2]) or the e4m3fn values (float8 [.., n]),
+  // `scale` each block's scale byte (float8_e4m3fn for NVFP4, uint8 e8m0 for
+  // MX, [.., n/block]), and NVFP4's float32 global scale [1] here.
+  torch::Tensor global_scale;
 
   // Quantizes `weight` with `spec` and the given scale / zero point (GGUF
   // specs compute their own from each block; for a K-quant, `scale` may be
-  // the quantizer's kept representation, uint8, and the codes follow it).
+  // the quantizer's kept representation, uint8, and the codes follow it; a
+  // microscaling spec computes its block scales, and NVFP4 takes `scale` as
+  // its global scale).
   static QuantizedWeight quantize(
       const torch::Tensor& weight,
       const QuantSpec& spec,
       const torch::Tensor& scale,
       const torch::Tensor& zero_point);
-  // The integer codes (int32) or FP8 values (float32), unpacked (GGUF: see
-  // kernels::gguf_codes_ref).
+  // The integer codes (int32) or FP8 / FP4 element values (float32),
+  // unpacked (GGUF: see kernels::gguf_codes_ref).
   torch::Tensor codes() const;
   // (codes - zero_point) * scale, or fp8 * scale, in float32 and `shape`.
   torch::Tensor dequantize() const;

@@ -18,7 +18,7 @@ void check_estimator(const QuantSpec& spec, Estimator estimator) {
   };
   if (estimator == Estimator::ste)
     return;
-  if (spec.is_fp8())
+  if (spec.is_fp8() || spec.is_microscale())
     fail("learned estimators are for integer formats; use ste for FP8");
   if (spec.dynamic())
     fail(
@@ -181,6 +181,20 @@ torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
       return x;
     return ops::fake_quant_gguf_fixed(
         x, gguf_representation_, spec.gguf_name());
+  }
+  if (spec.is_microscale()) {
+    // The block scales follow each input; NVFP4's global scale does too
+    // (dynamic) or is calibrated by the observer and kept in `scale`.
+    if (!spec.dynamic() && observer_enabled()) {
+      observer_->observe(x);
+      load_qparams(observer_->qparams());
+    }
+    if (!fake_quant_enabled())
+      return x;
+    return ops::fake_quant_microscale(
+        x,
+        spec.microscale_name(),
+        spec.dynamic() ? std::nullopt : std::optional(scale_));
   }
   if (spec.dynamic()) {
     if (!fake_quant_enabled())

@@ -5,6 +5,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "kernels/microscale_math.h"
 #include "ops/ops.h"
 
 namespace qat {
@@ -77,6 +78,21 @@ QParams qparams_from_range(
   const float eps = std::numeric_limits<float>::epsilon();
   const auto min_neg = torch::clamp_max(min_val, 0.0f);
   const auto max_pos = torch::clamp_min(max_val, 0.0f);
+  if (spec.is_microscale()) {
+    // NVFP4's global scale (generate_gparam, kernels/microscale_math.h); the
+    // MX formats have none, and their block scales are the kernels' own.
+    const torch::Tensor amax =
+        torch::maximum(-min_neg, max_pos).to(torch::kFloat).cpu().contiguous();
+    torch::Tensor scale = torch::ones_like(amax);
+    if (spec.format() == NumberFormat::nvfp4) {
+      const float* a = amax.const_data_ptr<float>();
+      float* g = scale.mutable_data_ptr<float>();
+      for (int64_t i = 0; i < amax.numel(); ++i)
+        g[i] = kernels::nvfp4_global_scale(a[i]);
+    }
+    return {
+        scale.to(min_val.device()), torch::zeros_like(min_val, torch::kInt)};
+  }
   if (spec.is_fp8()) {
     auto scale = torch::maximum(-min_neg, max_pos) / spec.format_max();
     return {
@@ -112,6 +128,14 @@ torch::Tensor fake_quant_rows(
     const QParams& qparams,
     const QuantSpec& spec) {
   const auto scale = qparams.scale.reshape({-1});
+  if (spec.is_microscale()) {
+    // One global scale: per_tensor rows are one row.
+    return ops::fake_quant_microscale(
+        rows,
+        spec.microscale_name(),
+        spec.format() == NumberFormat::nvfp4 ? std::optional(scale)
+                                             : std::nullopt);
+  }
   if (spec.is_fp8())
     return ops::fake_quant_fp8(rows, scale, 0, 0, spec.fp8_name());
   return ops::fake_quant_affine(

@@ -1,6 +1,7 @@
 #include "qat/spec.h"
 
 #include "kernels/ref/gguf_ref.h"
+#include "kernels/ref/microscale_ref.h"
 
 #include <sstream>
 #include <stdexcept>
@@ -29,6 +30,24 @@ const char* granularity_name(Granularity g) {
 } // namespace
 
 void QuantSpec::validate() const {
+  if (is_microscale()) {
+    const QuantSpec exact = microscale(format_);
+    if (!(QuantSpec(*this).dynamic(true) == exact)) {
+      invalid(
+          *this,
+          std::string("the ") + microscale_name() +
+              " format is one exact spec: " + exact.to_string() +
+              " (its block scales come from each input)");
+    }
+    if (!dynamic_ && format_ != NumberFormat::nvfp4) {
+      invalid(
+          *this,
+          std::string(microscale_name()) +
+              " has only power-of-two block scales, computed from each input: "
+              "nothing to calibrate; set dynamic");
+    }
+    return;
+  }
   if (format_ == NumberFormat::int_) {
     if (bits_ < 2 || bits_ > 8) {
       invalid(
@@ -87,6 +106,29 @@ QuantSpec QuantSpec::gguf_block(GgufRule rule) {
       .gguf(rule);
 }
 
+QuantSpec QuantSpec::microscale(NumberFormat format) {
+  QuantSpec spec;
+  spec.format(format).granularity(Granularity::per_tensor).dynamic(true);
+  if (spec.is_microscale()) {
+    spec.bits(
+        kernels::find_microscale_format(spec.microscale_name())->element_bits);
+  }
+  return spec;
+}
+
+const char* QuantSpec::microscale_name() const {
+  switch (format_) {
+    case NumberFormat::nvfp4:
+      return "nvfp4";
+    case NumberFormat::mxfp4:
+      return "mxfp4";
+    case NumberFormat::mxfp8:
+      return "mxfp8";
+    default:
+      return nullptr;
+  }
+}
+
 const char* QuantSpec::gguf_name() const {
   if (gguf_ == GgufRule::none)
     return nullptr;
@@ -96,7 +138,7 @@ const char* QuantSpec::gguf_name() const {
 }
 
 int64_t QuantSpec::quant_min() const {
-  if (is_fp8())
+  if (is_fp8() || is_microscale())
     return 0;
   if (!is_signed_)
     return 0;
@@ -105,7 +147,7 @@ int64_t QuantSpec::quant_min() const {
 }
 
 int64_t QuantSpec::quant_max() const {
-  if (is_fp8())
+  if (is_fp8() || is_microscale())
     return 0;
   return is_signed_ ? (int64_t{1} << (bits_ - 1)) - 1
                     : (int64_t{1} << bits_) - 1;
@@ -127,6 +169,11 @@ double QuantSpec::format_max() const {
       return 448.0;
     case NumberFormat::fp8_e5m2:
       return 57344.0;
+    case NumberFormat::nvfp4:
+    case NumberFormat::mxfp4:
+      return 6.0;
+    case NumberFormat::mxfp8:
+      return 448.0;
     case NumberFormat::int_:
       break;
   }
@@ -163,6 +210,15 @@ std::string QuantSpec::to_string() const {
   std::ostringstream out;
   if (gguf_ != GgufRule::none) {
     out << "gguf_" << gguf_name() << ' ';
+  }
+  if (is_microscale()) {
+    const auto* info = kernels::find_microscale_format(microscale_name());
+    out << info->name << " block=" << info->block_size;
+    if (info->global_scale)
+      out << (dynamic_ ? " global=dynamic" : " global=calibrated");
+    else if (!dynamic_)
+      out << " static";
+    return out.str();
   }
   if (is_fp8()) {
     out << "fp8_" << (format_ == NumberFormat::fp8_e4m3 ? "e4m3" : "e5m2");

@@ -25,6 +25,12 @@ enum class NumberFormat {
   int_,     // two's-complement or unsigned integer of `bits` bits (2..8)
   fp8_e4m3, // OCP e4m3fn: max 448, no infinities
   fp8_e5m2, // OCP e5m2: max 57344
+  // Microscaling block formats (kernels/microscale_math.h): the values are
+  // rounded in blocks along the last dimension, each block with its own
+  // scale computed from it as compressed-tensors computes it.
+  nvfp4, // e2m1 values, an e4m3 scale per 16, a float32 global scale
+  mxfp4, // e2m1 values, an e8m0 (power-of-two) scale per 32
+  mxfp8, // e4m3fn values, an e8m0 scale per 32
 };
 
 enum class Granularity {
@@ -85,12 +91,23 @@ struct QuantSpec {
   // K-quants: a searched representation, kept), with that rule.
   static QuantSpec gguf_block(GgufRule rule);
 
+  // The whole spec of a microscaling format: its element bits, per_tensor
+  // (the granularity of what is calibrated: NVFP4's global scale; the block
+  // scales are always computed from each input) and dynamic (the global scale
+  // too; NVFP4 may set dynamic(false) to calibrate it instead).
+  static QuantSpec microscale(NumberFormat format);
+
   // Throws std::invalid_argument with a message naming the field and the
   // allowed values.
   void validate() const;
 
   bool is_fp8() const {
-    return format_ != NumberFormat::int_;
+    return format_ == NumberFormat::fp8_e4m3 ||
+        format_ == NumberFormat::fp8_e5m2;
+  }
+  bool is_microscale() const {
+    return format_ == NumberFormat::nvfp4 || format_ == NumberFormat::mxfp4 ||
+        format_ == NumberFormat::mxfp8;
   }
   // A GGUF K-quant (q4_k, q5_k, q6_k): a representation is searched and kept,
   // not recomputed from each input (QuantSpec::gguf_block makes these specs
@@ -105,9 +122,11 @@ struct QuantSpec {
   // amax maps to under symmetric_scale (127 or 127.5 for 8 bits).
   double symmetric_divisor() const;
   // Largest finite magnitude of the format in code units (qmax for integers,
-  // 448/57344 for FP8).
+  // 448/57344 for FP8, 6 or 448 for the microscaling elements).
   double format_max() const;
-  const char* fp8_name() const;  // "e4m3fn" / "e5m2"
+  const char* fp8_name() const; // "e4m3fn" / "e5m2"
+  // "nvfp4", "mxfp4", "mxfp8" (the ops' and kernels' names), nullptr else.
+  const char* microscale_name() const;
   const char* gguf_name() const; // "q8_0", "q4_k", ... (nullptr for none)
 
   // Arguments of the qat ops for a tensor of `dim` dimensions whose last size

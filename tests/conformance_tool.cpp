@@ -468,6 +468,12 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
         linear({int4_groups(32).is_signed(false).symmetric(false), {}, {}})};
   if (name == "fp8") // float-quantized, per-token dynamic e4m3 inputs
     return {linear(qat::preset("fp8_e4m3"))};
+  // nvfp4-pack-quantized (calibrated NVFP4 input global scales, or none),
+  // mxfp4-pack-quantized, mxfp8-quantized (dynamic MX inputs)
+  for (const char* microscale : {"nvfp4", "nvfp4_a16", "mxfp4", "mxfp8"}) {
+    if (name == microscale)
+      return {linear(qat::preset(name))};
+  }
   if (name == "mixed") { // mixed-precision, a float layer, sharded
     return {
         {{QuantRule::skip("model.layers.1.mlp.down_proj"),
@@ -480,7 +486,7 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
   throw std::invalid_argument(
       "unknown compressed-tensors case '" + name +
       "'; expected w8a8_dynamic, w8a8_static, w8a8_affine, w4a16_g128, "
-      "w4a16_g32_affine, fp8 or mixed");
+      "w4a16_g32_affine, fp8, nvfp4, nvfp4_a16, mxfp4, mxfp8 or mixed");
 }
 
 // Converts the prepared, calibrated `lm`, exports it to `dir` and writes

@@ -2,7 +2,9 @@
 // c10's own Float8 types (every code, random floats of every magnitude, scales
 // per tensor, channel and block), the half conversion against c10::Half, and
 // the GGUF block op's contract (its values against gguf-py are checked in
-// tests/python/test_gguf_blocks.py).
+// tests/python/test_gguf_blocks.py), and the microscaling op's (NVFP4, MXFP4,
+// MXFP8) against its Torch-free reference, which
+// tests/python/test_microscale.py checks against compressed-tensors).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -10,7 +12,9 @@
 #include <random>
 
 #include "kernels/quant_math.h"
+#include "kernels/ref/microscale_ref.h"
 #include "ops/ops.h"
+#include "qat/fake_quant.h"
 #include "tests/test_helpers.h"
 
 namespace qat {
@@ -311,6 +315,183 @@ TEST(Gguf, BadArgumentsGiveClearErrors) {
         ops::fake_quant_gguf(torch::randn({32}).to(torch::kDouble), "q8_0");
       },
       "input must be float32 or bfloat16");
+}
+
+// The op against the reference rows: values (NaN included, bit for bit) and
+// clipping mask, for dynamic and given global scales, inputs of every
+// magnitude with NaN, infinities, signed zeros and all-zero blocks, and more
+// blocks than one thread's share.
+TEST(Microscale, OpIsTheReferenceBitForBit) {
+  auto x = wide_range({64, 1024}, 31);
+  {
+    auto flat = x.view({-1});
+    flat.narrow(0, 0, 32).zero_();
+    flat[40] = std::numeric_limits<float>::quiet_NaN();
+    flat[100] = std::numeric_limits<float>::infinity();
+    flat[101] = -0.0f;
+    flat.narrow(0, 4096, 64).mul_(1e-30);
+  }
+  for (const char* name : {"nvfp4", "mxfp4", "mxfp8"}) {
+    const auto& info = *kernels::find_microscale_format(name);
+    const int64_t rows = x.numel() / info.block_size;
+    for (bool given : {false, true}) {
+      const float g = given
+          ? 3.5f
+          : kernels::microscale_global_scale_ref(
+                x.const_data_ptr<float>(), x.numel(), info.format);
+      std::vector<uint8_t> codes(rows);
+      kernels::microscale_scales_ref(
+          x.const_data_ptr<float>(),
+          rows,
+          info.block_size,
+          info.format,
+          g,
+          codes.data());
+      auto want = torch::empty_like(x);
+      auto want_mask = torch::empty_like(x, torch::kBool);
+      kernels::fake_quant_microscale_ref(
+          x.const_data_ptr<float>(),
+          want.mutable_data_ptr<float>(),
+          static_cast<uint8_t*>(want_mask.data_ptr()),
+          rows,
+          info.block_size,
+          info.format,
+          codes.data(),
+          g);
+      if (given && !info.global_scale)
+        continue;
+      const auto global =
+          given ? std::optional(torch::full({1}, g)) : std::nullopt;
+      const auto [y, mask] =
+          ops::fake_quant_microscale_cachemask(x, name, global);
+      EXPECT_TRUE(bitwise_equal(y, want)) << name << " given " << given;
+      EXPECT_TRUE(torch::equal(mask, want_mask)) << name;
+      EXPECT_TRUE(
+          bitwise_equal(ops::fake_quant_microscale(x, name, global), want))
+          << name;
+    }
+  }
+}
+
+TEST(Microscale, GradientIsStraightThroughWhereNothingClips) {
+  torch::manual_seed(5);
+  for (const char* name : {"nvfp4", "mxfp4", "mxfp8"}) {
+    const auto x = (torch::randn({3, 4, 64})).requires_grad_();
+    // A global scale 8x smaller than the data's makes NVFP4 clip.
+    const std::optional<torch::Tensor> global = std::string(name) == "nvfp4"
+        ? std::optional(
+              torch::full({1}, 2688.0f / 8.0f / x.abs().max().item<float>()))
+        : std::nullopt;
+    const auto [y, mask] =
+        ops::fake_quant_microscale_cachemask(x.detach(), name, global);
+    const auto dy = torch::rand_like(y) + 0.5;
+    ops::fake_quant_microscale(x, name, global).backward(dy);
+    EXPECT_TRUE(torch::equal(x.grad(), dy * mask.to(torch::kFloat))) << name;
+    if (global) {
+      EXPECT_LT(mask.to(torch::kFloat).mean().item<float>(), 0.99f);
+    }
+    // Values already on the grid stay there (a -0.0 becomes +0.0, as
+    // compressed-tensors' cast_to_fp4 takes torch.sign of it).
+    EXPECT_TRUE(torch::equal(ops::fake_quant_microscale(y, name, global), y))
+        << name;
+    // bfloat16 inputs: the float32 result, rounded once.
+    const auto xb = x.detach().to(torch::kBFloat16);
+    EXPECT_TRUE(bitwise_equal(
+        ops::fake_quant_microscale(xb, name, global),
+        ops::fake_quant_microscale(xb.to(torch::kFloat), name, global)
+            .to(torch::kBFloat16)))
+        << name;
+  }
+  const auto meta = ops::fake_quant_microscale_cachemask(
+      torch::empty({2, 64}, torch::device(torch::kMeta)), "mxfp4", {});
+  EXPECT_EQ(std::get<1>(meta).sizes(), (std::vector<int64_t>{2, 64}));
+}
+
+TEST(Microscale, CalibratedNvfp4GlobalScaleIsKept) {
+  FakeQuantizer fq(QuantSpec::microscale(NumberFormat::nvfp4).dynamic(false));
+  const auto a = torch::randn({4, 32}), b = 3 * torch::randn({4, 32});
+  fq(a);
+  fq(b);
+  const float amax =
+      std::max(a.abs().max().item<float>(), b.abs().max().item<float>());
+  EXPECT_EQ(fq->scale().item<float>(), kernels::nvfp4_global_scale(amax));
+  fq->enable_observer(false);
+  const auto c = 10 * torch::randn({4, 32});
+  EXPECT_TRUE(bitwise_equal(
+      fq(c), ops::fake_quant_microscale(c, "nvfp4", fq->scale())));
+  EXPECT_FALSE(
+      bitwise_equal(fq(c), ops::fake_quant_microscale(c, "nvfp4", {})));
+}
+
+TEST(Microscale, BadArgumentsGiveClearErrors) {
+  const auto expect_error = [](const std::function<void()>& call,
+                               const std::string& message) {
+    EXPECT_TRUE(testing::throws_with<c10::Error>(call, message));
+  };
+  expect_error(
+      [] {
+        ops::fake_quant_microscale(torch::randn({4, 40}), "nvfp4", {});
+      },
+      "nvfp4 blocks are 16 consecutive values of the last dimension, which "
+      "must be a multiple of 16; got shape [4, 40]");
+  expect_error(
+      [] {
+        ops::fake_quant_microscale(torch::randn({4, 48}), "mxfp4", {});
+      },
+      "must be a multiple of 32; got shape [4, 48]");
+  expect_error(
+      [] { ops::fake_quant_microscale(torch::randn({32}), "mxfp6", {}); },
+      "unknown microscaling format 'mxfp6'");
+  expect_error(
+      [] {
+        ops::fake_quant_microscale(
+            torch::randn({32}), "mxfp8", torch::ones({1}));
+      },
+      "mxfp8 has no global scale");
+  for (const float bad :
+       {0.0f,
+        -1.0f,
+        std::numeric_limits<float>::infinity(),
+        std::numeric_limits<float>::quiet_NaN()}) {
+    expect_error(
+        [&] {
+          ops::fake_quant_microscale(
+              torch::randn({16}), "nvfp4", torch::full({1}, bad));
+        },
+        "the NVFP4 global scale must be finite and positive");
+  }
+  expect_error(
+      [] {
+        ops::fake_quant_microscale(
+            torch::randn({16}), "nvfp4", torch::ones({2}));
+      },
+      "the global scale must be one float32 value");
+  expect_error(
+      [] {
+        ops::fake_quant_microscale(
+            torch::randn({32}).to(torch::kDouble), "mxfp4", {});
+      },
+      "input must be float32 or bfloat16");
+  // Specs: one exact spec per format; MX has nothing to calibrate.
+  EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
+      [] {
+        QuantSpec::microscale(NumberFormat::mxfp4).dynamic(false).validate();
+      },
+      "mxfp4 has only power-of-two block scales"));
+  EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
+      [] {
+        QuantSpec::microscale(NumberFormat::nvfp4)
+            .granularity(Granularity::per_channel)
+            .validate();
+      },
+      "the nvfp4 format is one exact spec: nvfp4 block=16 global=dynamic"));
+  EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
+      [] {
+        FakeQuantizer(
+            FakeQuantizerOptions(QuantSpec::microscale(NumberFormat::mxfp8))
+                .estimator(Estimator::lsq));
+      },
+      "learned estimators are for integer formats"));
 }
 
 } // namespace

@@ -104,14 +104,21 @@ FakeQuantizerOptions quantizer(
           {"q6_k", GgufRule::q6_k}}}));
   }
   if (has("format")) {
-    spec.format(parse_name<NumberFormat, 3>(
+    spec.format(parse_name<NumberFormat, 6>(
         recipe,
         at("format"),
         {{{"int", NumberFormat::int_},
           {"fp8_e4m3", NumberFormat::fp8_e4m3},
-          {"fp8_e5m2", NumberFormat::fp8_e5m2}}}));
+          {"fp8_e5m2", NumberFormat::fp8_e5m2},
+          {"nvfp4", NumberFormat::nvfp4},
+          {"mxfp4", NumberFormat::mxfp4},
+          {"mxfp8", NumberFormat::mxfp8}}}));
     if (spec.is_fp8())
       spec.bits(8);
+    // A microscaling format is one whole spec; `dynamic: false` (NVFP4)
+    // calibrates its global scale.
+    if (spec.is_microscale())
+      spec = QuantSpec::microscale(spec.format());
   }
   if (has("bits"))
     spec.bits(static_cast<int>(integer("bits", "in [2, 8]")));

@@ -10,6 +10,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "kernels/ref/microscale_ref.h"
 #include "qat/export/atomic_file.h"
 #include "qat/export/safetensors.h"
 #include "qat/modules/quantizers.h"
@@ -45,6 +46,51 @@ const FakeQuantizerImpl* active(const FakeQuantizer& quantizer) {
   return quantizer.get();
 }
 
+const kernels::MicroscaleFormatInfo& microscale_info(const QuantSpec& spec) {
+  return *kernels::find_microscale_format(spec.microscale_name());
+}
+
+// QuantizationArgs of a microscaling quantizer: compressed-tensors' preset
+// schemes NVFP4 / MXFP4 / MXFP8 (quantization/quant_scheme.py). NVFP4 is
+// strategy tensor_group (block scales under a global one): a weight's global
+// scale is stored, an activation's is calibrated (dynamic "local": block
+// scales from each input, the stored global scale); MX activations are wholly
+// dynamic.
+json microscale_args(
+    const std::string& layer,
+    const std::string& role,
+    const QuantSpec& spec,
+    bool is_weight) {
+  const auto& info = microscale_info(spec);
+  json args = {
+      {"num_bits", info.element_bits},
+      {"type", "float"},
+      {"symmetric", true},
+      {"group_size", info.block_size},
+      {"strategy", info.global_scale ? "tensor_group" : "group"},
+      {"dynamic", false},
+      {"scale_dtype",
+       info.global_scale ? "torch.float8_e4m3fn" : "torch.uint8"},
+  };
+  if (is_weight)
+    return args;
+  if (info.global_scale) {
+    if (spec.dynamic()) {
+      refuse(
+          layer,
+          role,
+          spec,
+          "compressed-tensors stores an NVFP4 activation's global scale: "
+          "calibrate it (dynamic: false)");
+    }
+    args["dynamic"] = "local";
+    args["observer"] = "static_minmax";
+  } else {
+    args["dynamic"] = true;
+  }
+  return args;
+}
+
 // QuantizationArgs (compressed_tensors/quantization/quant_args.py) of one
 // quantizer.
 json quantization_args(
@@ -62,6 +108,8 @@ json quantization_args(
   }
   if (spec.format() == NumberFormat::fp8_e5m2)
     refuse(layer, role, spec, "compressed-tensors stores FP8 as e4m3 only");
+  if (spec.is_microscale())
+    return microscale_args(layer, role, spec, is_weight);
   json args = {
       {"num_bits", spec.is_fp8() ? 8 : spec.bits()},
       {"type", spec.is_fp8() ? "float" : "int"},
@@ -158,7 +206,10 @@ LayerScheme layer_scheme(const std::string& name, QuantizedLayer& layer) {
     out.scheme[role] =
         q ? quantization_args(name, role, *q, false) : json(nullptr);
   }
-  out.format = weight->options().spec().is_fp8()   ? "float-quantized"
+  const QuantSpec& weight_spec = weight->options().spec();
+  out.format = weight_spec.is_microscale()
+      ? microscale_info(weight_spec).compression_format
+      : weight_spec.is_fp8()                       ? "float-quantized"
       : !out.scheme["input_activations"].is_null() ? "int-quantized"
                                                    : "pack-quantized";
   out.scheme["format"] = out.format;
@@ -176,19 +227,32 @@ torch::Tensor param_layout(
   return p.reshape({rows, -1});
 }
 
-// The tensors of one converted layer, named as the format names them.
-NamedTensors layer_tensors(
+// A microscaling weight in the compressor's own layout
+// (kernels/ref/microscale_ref.h): values and block scales as convert stored
+// them, 2-D like the weight, and NVFP4's global scale.
+void append_microscale_weight(
+    NamedTensors& out,
     const std::string& name,
-    QuantizedLayer& layer,
-    const LayerScheme& scheme) {
-  NamedTensors out;
-  const QuantizedWeight& q = *layer.quantized_weight;
-  const QuantSpec& spec = q.spec;
-  const json& weights = scheme.scheme["weights"];
-  const std::string strategy = weights["strategy"];
+    const QuantizedWeight& q) {
+  const auto& info = microscale_info(q.spec);
   const int64_t rows = q.shape.front();
-  const torch::Tensor scale =
-      param_layout(q.scale.detach().cpu().to(torch::kFloat), strategy, rows);
+  out.emplace_back(
+      name + "." + info.values_tensor, q.data.cpu().reshape({rows, -1}));
+  out.emplace_back(name + ".weight_scale", q.scale.cpu().reshape({rows, -1}));
+  if (info.global_scale)
+    out.emplace_back(name + ".weight_global_scale", q.global_scale.cpu());
+}
+
+// An integer or FP8 weight: codes (packed for pack-quantized), scales and
+// zero points.
+void append_weight(
+    NamedTensors& out,
+    const std::string& name,
+    const QuantizedWeight& q,
+    const LayerScheme& scheme) {
+  const QuantSpec& spec = q.spec;
+  const std::string strategy = scheme.scheme["weights"]["strategy"];
+  const int64_t rows = q.shape.front();
   if (scheme.format == "float-quantized") {
     out.emplace_back(name + ".weight", q.data.cpu());
   } else {
@@ -216,16 +280,38 @@ NamedTensors layer_tensors(
                     : zero_point.to(torch::kChar));
     }
   }
-  out.emplace_back(name + ".weight_scale", scale);
+  out.emplace_back(
+      name + ".weight_scale",
+      param_layout(q.scale.detach().cpu().to(torch::kFloat), strategy, rows));
+}
+
+// The tensors of one converted layer, named as the format names them.
+NamedTensors layer_tensors(
+    const std::string& name,
+    QuantizedLayer& layer,
+    const LayerScheme& scheme) {
+  NamedTensors out;
+  const QuantizedWeight& q = *layer.quantized_weight;
+  if (q.spec.is_microscale())
+    append_microscale_weight(out, name, q);
+  else
+    append_weight(out, name, q, scheme);
   for (const auto& [role, prefix, quantizer] :
        {std::tuple{"input_activations", ".input", &layer.quantizers.input},
         std::tuple{
             "output_activations", ".output", &layer.quantizers.output}}) {
     const json& args = scheme.scheme[role];
-    if (args.is_null() || args["dynamic"].get<bool>())
+    if (args.is_null() || args["dynamic"] == true)
       continue;
     const FakeQuantizerImpl& fq = **quantizer;
     const QuantSpec& act = fq.options().spec();
+    if (act.is_microscale()) {
+      // NVFP4's calibrated global scale (dynamic "local").
+      out.emplace_back(
+          name + prefix + "_global_scale",
+          fq.scale().detach().cpu().to(torch::kFloat).reshape({1}));
+      continue;
+    }
     out.emplace_back(
         name + prefix + "_scale",
         fq.scale().detach().cpu().to(torch::kFloat).reshape({1}));

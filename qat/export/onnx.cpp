@@ -384,6 +384,13 @@ void check_integer(const std::string& name, const QuantSpec& spec) {
     unsupported(name, spec, "FP8 is not exported to ONNX yet");
   if (spec.gguf() != GgufRule::none)
     unsupported(name, spec, "GGUF blocks have no ONNX form; export GGUF");
+  if (spec.is_microscale()) {
+    unsupported(
+        name,
+        spec,
+        "microscaling formats are exported as compressed-tensors "
+        "(--format compressed-tensors)");
+  }
 }
 
 // The weight of a layer as the forward computes with it: the converted

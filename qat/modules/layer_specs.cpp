@@ -36,6 +36,21 @@ std::optional<LayerQuantSpecs> gguf_preset(std::string_view name) {
   return std::nullopt;
 }
 
+// compressed-tensors' preset schemes of the same names (quant_scheme.py):
+// weights in the format, activations too but for nvfp4_a16. Every block scale
+// follows its input; NVFP4's global scale follows the weight (what
+// compressed-tensors computes from it, and what the export stores) and is
+// calibrated for activations (its static_minmax observer).
+LayerQuantSpecs microscale_specs(NumberFormat format, bool activations) {
+  const QuantSpec spec = QuantSpec::microscale(format);
+  std::optional<FakeQuantizerOptions> input;
+  if (activations) {
+    input = FakeQuantizerOptions(
+        QuantSpec(spec).dynamic(format != NumberFormat::nvfp4));
+  }
+  return LayerQuantSpecs{FakeQuantizerOptions(spec), input, std::nullopt};
+}
+
 const Preset kPresets[] = {
     {"w8a8_int8",
      [] {
@@ -72,6 +87,10 @@ const Preset kPresets[] = {
                                     .dynamic(true)),
            std::nullopt};
      }},
+    {"nvfp4", [] { return microscale_specs(NumberFormat::nvfp4, true); }},
+    {"nvfp4_a16", [] { return microscale_specs(NumberFormat::nvfp4, false); }},
+    {"mxfp4", [] { return microscale_specs(NumberFormat::mxfp4, true); }},
+    {"mxfp8", [] { return microscale_specs(NumberFormat::mxfp8, true); }},
 };
 
 std::string describe_one(const std::optional<FakeQuantizerOptions>& options) {

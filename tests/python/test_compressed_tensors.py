@@ -23,8 +23,16 @@ for SmolLM2-135M at W8A8. Then:
    distance (two independent roundings on grids 0.4% apart),
    and with compressed-tensors' fake-quant doing vLLM's arithmetic they must
    be equal up to float rounding again;
-4. the checks can fail: a weight_scale 5% off in one layer fails checks 2
-   and 3, and the float model's logits are outside the tolerance.
+4. the checks can fail: a weight_scale off in one layer (5%, or one step of
+   the microscaling formats' scale codes) fails checks 2 and 3, and the
+   float model's logits are outside the tolerance.
+
+The microscaling formats (NVFP4, MXFP4, MXFP8) decompress to bfloat16
+weights: check 2 compares them with qat's float32 weights rounded once to
+bfloat16 (for MX that rounding is exact, and checked to be), and check 3,
+where NVFP4's rounding changes the weights, runs transformers once more with
+qat's float32 weights in place of the decompressed ones, which must then give
+qat's logits up to float rounding (activation quantization and all).
 
 usage: test_compressed_tensors.py PATH/TO/conformance_tool
 """
@@ -48,10 +56,12 @@ from transformers import (AutoModelForCausalLM, CompressedTensorsConfig, LlamaCo
                           LlamaForCausalLM)
 
 CASES = ["w8a8_dynamic", "w8a8_static", "w8a8_affine", "w4a16_g128",
-         "w4a16_g32_affine", "fp8", "mixed"]
+         "w4a16_g32_affine", "fp8", "nvfp4", "nvfp4_a16", "mxfp4", "mxfp8", "mixed"]
 FORMATS = {"w8a8_dynamic": "int-quantized", "w8a8_static": "int-quantized",
            "w8a8_affine": "int-quantized", "w4a16_g128": "pack-quantized",
            "w4a16_g32_affine": "pack-quantized", "fp8": "float-quantized",
+           "nvfp4": "nvfp4-pack-quantized", "nvfp4_a16": "nvfp4-pack-quantized",
+           "mxfp4": "mxfp4-pack-quantized", "mxfp8": "mxfp8-quantized",
            "mixed": "mixed-precision", "smollm2_w8a8": "int-quantized"}
 # Relative rms of the logit difference (over the standard deviation of
 # qat's logits): float rounding alone.
@@ -138,11 +148,20 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
     if set(weights) != quantized:
         failures.append(f"{name}: compressed-tensors matches {sorted(set(weights) ^ quantized)} "
                         "differently from qat")
+    rounded = 0
     for layer in sorted(quantized & set(weights)):
         got, want = weights[layer], ours[layer + ".weight"]
-        if got.shape != want.shape or not torch.equal(got.to(want.dtype), want):
+        # The microscaling decompressors return bfloat16 (unpack_fp4_from_uint8,
+        # decompress_mx_scale): qat's float32 weight rounded once, half to
+        # even. MX weights (a few bits times a power of two) are bfloat16
+        # values already; NVFP4's (divided by the global scale) are not.
+        served = want.to(got.dtype)
+        if got.shape != want.shape or not torch.equal(got, served):
             diff = (got.float() - want).abs().max().item() if got.shape == want.shape else "shape"
             failures.append(f"{name}: {layer} decompressed != qat's weight (max |diff| {diff})")
+        rounded += int((served.float() != want).sum())
+    if name.startswith("mx") and rounded:
+        failures.append(f"{name}: {rounded} MX weights are not bfloat16 values")
 
     with open(os.path.join(folder, "config.json")) as f:
         groups = json.load(f)["quantization_config"]["config_groups"].values()
@@ -152,16 +171,33 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
     # them through the same decompressor.
     affine_packed = any(g["format"] == "pack-quantized" and not g["weights"]["symmetric"]
                         for g in groups)
+
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32,
         quantization_config=CompressedTensorsConfig(dequantize=affine_packed)).eval()
+    # The microscaling layers decompress on the first forward (compressed-
+    # tensors' ct_decompress_hook) to bfloat16 weights, which a float32 model
+    # cannot multiply: a hook after it casts them, exactly.
+    def float32_weights(module, args):
+        for p in module.parameters():
+            if p.dtype == torch.bfloat16:
+                p.data = p.data.float()
+    model.register_forward_pre_hook(float32_weights)
     int_dynamic = any((g.get("input_activations") or {}).get("dynamic")
                       and g["input_activations"]["type"] == "int" for g in groups)
     float_err = relative_rms(ours["float_logits"], ours["logits"])
     runs = [("as shipped", None)]
     if int_dynamic:
         runs.append(("with vLLM's dynamic int8 arithmetic", reciprocal_quantize_dequantize))
+    if rounded:
+        runs.append(("with qat's float32 weights", "float32 weights"))
     for how, replacement in runs:
+        if replacement == "float32 weights":
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for layer in quantized & set(weights):
+                    params[layer + ".weight"].copy_(ours[layer + ".weight"])
+            replacement = None
         with torch.no_grad(), replaced_quantize_dequantize(replacement):
             logits = model(ours["tokens"]).logits
         err = relative_rms(logits, ours["logits"])
@@ -173,7 +209,18 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
         # against qat's (amax / 127) rounds every activation independently,
         # two quantization noises of the size that separates the float model
         # from qat's: at most sqrt(2) times that.
-        bound = math.sqrt(2) * float_err if int_dynamic and replacement is None else TOLERANCE
+        # NVFP4 as shipped: bfloat16 weights, each within 2^-9 relatively of
+        # qat's, where FP4's grid is 2^-1 to 2^-2 coarse: at most 1/16 of the
+        # quantization's own distance (measured: about 1/50). With FP4
+        # activations that difference moves activations across rounding
+        # thresholds, an independent quantization noise as for dynamic int8;
+        # the exact check is then the one with qat's float32 weights.
+        fp4_inputs = any((g.get("input_activations") or {}).get("num_bits") == 4 for g in groups)
+        bound = TOLERANCE
+        if how == "as shipped" and (int_dynamic or (rounded and fp4_inputs)):
+            bound = math.sqrt(2) * float_err
+        elif how == "as shipped" and rounded:
+            bound = float_err / 16
         if not err < bound:
             failures.append(f"{name}: transformers' logits {how} off by {err:.2e} relative rms "
                             f"(bound {bound:.2e})")
@@ -184,7 +231,8 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
 
 
 def corrupt_one_scale(folder: str) -> str:
-    """A copy of the folder with one layer's weight_scale 5% off."""
+    """A copy of the folder with one layer's weight_scale off: 5% (float32), one
+    e8m0 step (MX: twice the scale), or 25% rounded to e4m3 (NVFP4)."""
     tensors, _ = checkpoint_tensors(folder)
     victim = sorted(k for k in tensors if k.endswith(".weight_scale"))[0]
     index = os.path.join(folder, "model.safetensors.index.json")
@@ -194,7 +242,13 @@ def corrupt_one_scale(folder: str) -> str:
             shard = json.load(f)["weight_map"][victim]
     path = os.path.join(folder, shard)
     stored = load_file(path)
-    stored[victim] = stored[victim] * 1.05
+    scale = stored[victim]
+    if scale.dtype == torch.uint8:
+        stored[victim] = scale + 1
+    elif scale.dtype == torch.float8_e4m3fn:
+        stored[victim] = (scale.float() * 1.25).to(scale.dtype)
+    else:
+        stored[victim] = scale * 1.05
     save_file(stored, path, metadata={"format": "pt"})
     return victim
 
@@ -220,7 +274,7 @@ def main(tool: str) -> int:
             checks += 1
             failures += check_folder(name, folder, ours)
 
-            if name in ("w8a8_static", "w4a16_g32_affine", "fp8"):
+            if name in ("w8a8_static", "w4a16_g32_affine", "fp8", "nvfp4_a16", "mxfp4"):
                 broken = folder + ".broken"
                 shutil.copytree(folder, broken)
                 victim = corrupt_one_scale(broken)
@@ -228,9 +282,9 @@ def main(tool: str) -> int:
                 caught = check_folder(name + " (corrupted)", broken, ours)
                 if not any("decompressed" in f for f in caught) or \
                         not any("transformers" in f for f in caught):
-                    failures.append(f"{name}: {victim} 5% off was not caught by both checks: {caught}")
+                    failures.append(f"{name}: {victim} off was not caught by both checks: {caught}")
                 else:
-                    print(f"{name}: {victim} 5% off caught: {len(caught)} failures")
+                    print(f"{name}: {victim} off caught: {len(caught)} failures")
     return report(checks, failures)
 
 
