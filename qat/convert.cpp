@@ -10,6 +10,7 @@
 #include "kernels/ref/gguf_ref.h"
 #include "kernels/ref/microscale_ref.h"
 #include "qat/export/safetensors.h"
+#include "qat/modules/kv_cache.h"
 #include "qat/modules/quantizers.h"
 #include "qat/observer.h"
 
@@ -340,7 +341,7 @@ std::vector<std::pair<std::string, QuantizedLayer*>> weight_quantized_layers(
   return layers;
 }
 
-// Everything the activation quantizers hold (calibrated or learned scales,
+// Everything the activation and KV cache quantizers hold (calibrated or learned scales,
 // observer statistics, switches): they run at inference too.
 std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
     torch::nn::Module& model) {
@@ -349,6 +350,19 @@ std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
     for (const auto& [role, quantizer] :
          {std::pair{"input_quantizer", &layer->quantizers.input},
           std::pair{"output_quantizer", &layer->quantizers.output}}) {
+      if (quantizer->is_empty())
+        continue;
+      const std::string prefix = name + "." + role + ".";
+      for (const auto& p : (*quantizer)->named_parameters())
+        out.emplace_back(prefix + p.key(), p.value());
+      for (const auto& b : (*quantizer)->named_buffers())
+        out.emplace_back(prefix + b.key(), b.value());
+    }
+  }
+  for (const auto& [name, layer] : kv_cache_layers(model)) {
+    for (const auto& [role, quantizer] :
+         {std::pair{"k_cache_quantizer", &layer->k_cache_quantizer},
+          std::pair{"v_cache_quantizer", &layer->v_cache_quantizer}}) {
       if (quantizer->is_empty())
         continue;
       const std::string prefix = name + "." + role + ".";

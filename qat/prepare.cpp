@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "qat/modules/kv_cache.h"
 #include "qat/modules/quantizers.h"
 
 namespace qat {
@@ -174,6 +175,16 @@ PrepareReport prepare(torch::nn::Module& model, const QuantConfig& config) {
     }
   }
 
+  const auto kv_layers = kv_cache_layers(model);
+  if (config.kv_cache) {
+    if (kv_layers.empty()) {
+      throw std::invalid_argument(
+          "QuantConfig kv_cache: the model has no attention layer with a KV "
+          "cache");
+    }
+    KvCacheLayer::check_spec(*config.kv_cache);
+  }
+
   // Every layer is checked before any is changed: a refused config leaves the
   // model as it was.
   for (const Decision& d : decisions) {
@@ -189,6 +200,17 @@ PrepareReport prepare(torch::nn::Module& model, const QuantConfig& config) {
   }
 
   PrepareReport report;
+  for (const auto& [name, layer] : kv_layers) {
+    layer->set_kv_cache_quantizer(config.kv_cache);
+    if (config.kv_cache) {
+      report.layers.push_back(
+          {name + " (keys, values)",
+           "KvCache",
+           config.kv_cache->spec().to_string() + " (" +
+               estimator_name(config.kv_cache->estimator()) + ")",
+           -1});
+    }
+  }
   for (const Decision& d : decisions) {
     const auto& specs = d.rule >= 0 ? config.rules[d.rule].specs : std::nullopt;
     d.layer->set_specs(specs.value_or(LayerQuantSpecs{}));

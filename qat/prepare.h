@@ -52,6 +52,9 @@ struct QuantRule {
 // rule matches stays in float.
 struct QuantConfig {
   std::vector<QuantRule> rules;
+  // The keys and values of every attention layer (qat/modules/kv_cache.h),
+  // as its KV cache stores them; nullopt keeps them in float.
+  std::optional<FakeQuantizerOptions> kv_cache = std::nullopt;
 };
 
 struct PreparedLayer {

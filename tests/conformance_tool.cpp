@@ -474,6 +474,24 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
     if (name == microscale)
       return {linear(qat::preset(name))};
   }
+  // An FP8 KV cache (kv_cache_scheme): one scale per tensor, or per head
+  // ([batch, heads, time, head_dim]: axis 1).
+  const auto fp8_kv_cache = [](bool per_head) {
+    auto spec = QuantSpec().format(qat::NumberFormat::fp8_e4m3);
+    if (per_head)
+      spec.granularity(Granularity::per_channel).axis(1);
+    return FakeQuantizerOptions(spec);
+  };
+  if (name == "fp8_kv") {
+    auto scheme = linear(qat::preset("fp8_e4m3"));
+    scheme.kv_cache = fp8_kv_cache(false);
+    return {scheme};
+  }
+  if (name == "w4a16_kv_heads") {
+    auto scheme = linear(qat::preset("w4a16_g128"));
+    scheme.kv_cache = fp8_kv_cache(true);
+    return {scheme};
+  }
   if (name == "mixed") { // mixed-precision, a float layer, sharded
     return {
         {{QuantRule::skip("model.layers.1.mlp.down_proj"),
@@ -486,7 +504,8 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
   throw std::invalid_argument(
       "unknown compressed-tensors case '" + name +
       "'; expected w8a8_dynamic, w8a8_static, w8a8_affine, w4a16_g128, "
-      "w4a16_g32_affine, fp8, nvfp4, nvfp4_a16, mxfp4, mxfp8 or mixed");
+      "w4a16_g32_affine, fp8, nvfp4, nvfp4_a16, mxfp4, mxfp8, fp8_kv, "
+      "w4a16_kv_heads or mixed");
 }
 
 // Converts the prepared, calibrated `lm`, exports it to `dir` and writes

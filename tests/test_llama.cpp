@@ -83,6 +83,74 @@ TEST(Llama, KvCacheGivesTheFullForwardsLogits) {
       std::string::npos);
 }
 
+// FP8 KV cache: keys (after RoPE) and values are fake-quantized before they
+// are cached, with scales the observers calibrate (amax / 448 of what they
+// saw), one per tensor or per head; the cache then holds values of the FP8
+// grid, and decoding with it still gives the full forward's logits.
+TEST(Llama, KvCacheQuantizersCalibrateAndQuantizeWhatIsCached) {
+  for (bool per_head : {false, true}) {
+    torch::manual_seed(2);
+    LlamaForCausalLM lm(small());
+    lm->eval();
+    auto spec = QuantSpec().format(NumberFormat::fp8_e4m3);
+    if (per_head)
+      spec.granularity(Granularity::per_channel).axis(1);
+    QuantConfig config;
+    config.kv_cache = FakeQuantizerOptions(spec);
+    const auto report = prepare(*lm, config);
+    EXPECT_NE(
+        report.table().find("model.layers.1.self_attn (keys, values)"),
+        std::string::npos)
+        << report.table();
+    const auto tokens = torch::randint(0, 96, {2, 11});
+    torch::NoGradGuard no_grad;
+    const auto float_logits = lm(tokens);
+    calibrate(*lm, [&] { lm(tokens); });
+    auto& attention =
+        *lm->model->layers[0]->as<LlamaDecoderLayerImpl>()->self_attn;
+    const auto k_scale = attention.k_cache_quantizer->scale();
+    EXPECT_EQ(k_scale.numel(), per_head ? 2 : 1);
+    EXPECT_TRUE((k_scale > 0).all().item<bool>());
+    KvCache cache;
+    std::vector<torch::Tensor> parts{lm(tokens.narrow(1, 0, 6), &cache)};
+    for (int64_t t = 6; t < 11; ++t)
+      parts.push_back(lm(tokens.narrow(1, t, 1), &cache));
+    const auto full = lm(tokens);
+    EXPECT_FALSE(torch::allclose(full, float_logits, 1e-4, 1e-4));
+    EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-5, 1e-5));
+    // Cached keys are codes times their scale: quantizing again is exact.
+    const auto keys = cache.keys.front();
+    EXPECT_TRUE(bitwise_equal(
+        ops::fake_quant_fp8(
+            keys,
+            k_scale,
+            per_head ? std::optional<int64_t>(1) : std::nullopt,
+            0,
+            "e4m3fn"),
+        keys));
+  }
+  // Only per tensor or per head, and only where there is attention.
+  LlamaForCausalLM lm(small());
+  QuantConfig per_token;
+  per_token.kv_cache = FakeQuantizerOptions(
+      QuantSpec().granularity(Granularity::per_token).dynamic(true));
+  EXPECT_NE(
+      error_message([&] {
+        prepare(*lm, per_token);
+      }).find("KV cache scales are per_tensor or per_channel along axis 1"),
+      std::string::npos);
+  torch::nn::Sequential mlp(
+      QuantLinear(torch::nn::LinearOptions(4, 4), LayerQuantSpecs{}));
+  QuantConfig fp8;
+  fp8.kv_cache =
+      FakeQuantizerOptions(QuantSpec().format(NumberFormat::fp8_e4m3));
+  EXPECT_NE(
+      error_message([&] {
+        prepare(*mlp, fp8);
+      }).find("no attention layer with a KV cache"),
+      std::string::npos);
+}
+
 TEST(Llama, WeightsRoundTripUnderHuggingFaceNames) {
   torch::manual_seed(2);
   LlamaForCausalLM lm(small(/*tied=*/false));
@@ -416,6 +484,12 @@ TEST(CompressedTensors, RefusesWhatTheFormatCannotHoldByName) {
       std::string::npos);
   EXPECT_NE(
       attempt(true, {}).find("no quantized layer to export"),
+      std::string::npos);
+  QuantConfig int8_cache;
+  int8_cache.kv_cache = FakeQuantizerOptions(QuantSpec());
+  EXPECT_NE(
+      attempt(true, int8_cache, false)
+          .find("compressed-tensors and vLLM store an FP8 e4m3 KV cache"),
       std::string::npos);
   // Nothing was written by any of them.
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));

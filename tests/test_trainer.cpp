@@ -90,6 +90,45 @@ TEST_F(QuantSchemeTest, RulesBecomeTheSpecsTheyDescribe) {
   EXPECT_EQ(config.rules[2].pattern, "re:act.*");
 }
 
+TEST_F(QuantSchemeTest, FormatsAndTheKvCacheParse) {
+  const auto config = recipe::quant_config(
+      Recipe::load(write("    kv_cache: {granularity: per_channel, axis: 1}\n"
+                         "    rules:\n"
+                         "      - match: \"*\"\n"
+                         "        weight: {format: nvfp4}\n"
+                         "        input: {format: nvfp4, dynamic: false}\n")),
+      "quant.s");
+  ASSERT_TRUE(config.kv_cache.has_value());
+  EXPECT_EQ(
+      config.kv_cache->spec(),
+      QuantSpec()
+          .format(NumberFormat::fp8_e4m3)
+          .granularity(Granularity::per_channel)
+          .axis(1));
+  EXPECT_EQ(
+      config.rules[0].specs->weight->spec(),
+      QuantSpec::microscale(NumberFormat::nvfp4));
+  EXPECT_EQ(
+      config.rules[0].specs->input->spec(),
+      QuantSpec::microscale(NumberFormat::nvfp4).dynamic(false));
+  // A scheme may quantize the KV cache alone.
+  EXPECT_TRUE(
+      recipe::quant_config(Recipe::load(write("    kv_cache: {}\n")), "quant.s")
+          .rules.empty());
+  const auto file = (temp_ / "recipe.yaml");
+  EXPECT_EQ(
+      error_of("    kv_cache: {granularity: per_token, dynamic: true}\n"),
+      file +
+          ":3:15: quant.s.kv_cache: kv_cache fp8_e4m3 per_token dynamic: KV "
+          "cache scales are per_tensor or per_channel along axis 1 (one per "
+          "key/value head)");
+  EXPECT_NE(
+      error_of("    rules:\n      - match: fc\n        weight: {format: mxfp4, "
+               "dynamic: false}\n")
+          .find("mxfp4 has only power-of-two block scales"),
+      std::string::npos);
+}
+
 TEST_F(QuantSchemeTest, ErrorsNameFileLineAndKey) {
   const auto file = (temp_ / "recipe.yaml");
   EXPECT_EQ(

@@ -6,6 +6,7 @@
 #include <array>
 #include <utility>
 
+#include "qat/modules/kv_cache.h"
 #include "trainers/models/gguf_mix.h"
 
 namespace qat::recipe {
@@ -241,11 +242,24 @@ QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
             (best.empty() ? std::string()
                           : " (did you mean '" + parent + "." + best + "'?)"));
   }
-  check_keys(recipe, key, {"rules", "description", "gguf_mix"});
+  check_keys(recipe, key, {"rules", "description", "gguf_mix", "kv_cache"});
   gguf_mix_preset(recipe, key);
   QuantConfig config;
+  // kv_cache: the attention layers' keys and values, FP8 e4m3 per tensor
+  // unless the map says otherwise (calibrated, then frozen).
+  const std::string kv_cache = key + ".kv_cache";
+  if (recipe.has(kv_cache))
+    config.kv_cache = QuantSpec().format(NumberFormat::fp8_e4m3);
+  quantizer_slot(recipe, kv_cache, config.kv_cache);
+  if (config.kv_cache) {
+    try {
+      KvCacheLayer::check_spec(*config.kv_cache);
+    } catch (const std::invalid_argument& e) {
+      recipe.fail_at(kv_cache, e.what());
+    }
+  }
   const std::string rules = key + ".rules";
-  if (!recipe.has(rules) && recipe.has(key + ".gguf_mix"))
+  if (!recipe.has(rules) && (recipe.has(key + ".gguf_mix") || config.kv_cache))
     return config;
   for (const auto& index : recipe.keys(rules)) {
     const std::string rule = rules + "." + index;

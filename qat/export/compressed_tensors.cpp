@@ -13,6 +13,7 @@
 #include "kernels/ref/microscale_ref.h"
 #include "qat/export/atomic_file.h"
 #include "qat/export/safetensors.h"
+#include "qat/modules/kv_cache.h"
 #include "qat/modules/quantizers.h"
 
 namespace qat::compressed_tensors {
@@ -331,9 +332,87 @@ NamedTensors layer_tensors(
   return out;
 }
 
+// The attention layers' KV cache scales, as compressed-tensors'
+// kv_cache_scheme holds them (quantization/lifecycle/apply.py,
+// _apply_kv_cache_scheme; modeling/kvcache.py): one scheme for every attention
+// layer, FP8 e4m3 with static scales, strategy "tensor" (L.k_scale,
+// L.v_scale [1]) or "attn_head" ([kv_heads, 1, 1]), which vLLM reads by the
+// same names (its CompressedTensorsKVCacheMethod). Null when no layer
+// quantizes its cache.
+struct KvCachePlan {
+  json scheme;
+  std::vector<std::pair<std::string, KvCacheLayer*>> layers;
+};
+
+KvCachePlan kv_cache_plan(torch::nn::Module& model) {
+  KvCachePlan out;
+  const auto layers = kv_cache_layers(model);
+  std::string first;
+  for (const auto& [name, layer] : layers) {
+    const FakeQuantizerImpl* k = active(layer->k_cache_quantizer);
+    const FakeQuantizerImpl* v = active(layer->v_cache_quantizer);
+    if (!k && !v)
+      continue;
+    if (!k || !v) {
+      throw std::invalid_argument(
+          "compressed-tensors: attention layer '" + name +
+          "' quantizes only its " + (k ? "keys" : "values") +
+          "; kv_cache_scheme quantizes both");
+    }
+    const QuantSpec& spec = k->options().spec();
+    const auto fail = [&, &name = name](const std::string& why) {
+      throw std::invalid_argument(
+          "compressed-tensors: attention layer '" + name + "': KV cache " +
+          spec.to_string() + ": " + why);
+    };
+    if (spec.format() != NumberFormat::fp8_e4m3)
+      fail("compressed-tensors and vLLM store an FP8 e4m3 KV cache");
+    if (spec.dynamic())
+      fail(
+          "vLLM reads static KV cache scales: calibrate them (dynamic: false)");
+    const std::string strategy =
+        spec.granularity() == Granularity::per_tensor ? "tensor" : "attn_head";
+    const json scheme = {
+        {"num_bits", 8},
+        {"type", "float"},
+        {"symmetric", true},
+        {"group_size", nullptr},
+        {"strategy", strategy},
+        {"dynamic", false},
+    };
+    if (out.layers.empty()) {
+      out.scheme = scheme;
+      first = name;
+    } else if (scheme != out.scheme) {
+      fail(
+          "kv_cache_scheme is one scheme for every attention layer, and '" +
+          first + "' has another");
+    }
+    out.layers.emplace_back(name, layer);
+  }
+  if (!out.layers.empty() && out.layers.size() != layers.size()) {
+    throw std::invalid_argument(
+        "compressed-tensors: kv_cache_scheme quantizes every attention layer's "
+        "cache, but only " +
+        std::to_string(out.layers.size()) + " of " +
+        std::to_string(layers.size()) + " do here");
+  }
+  return out;
+}
+
+// The scales of one layer's keys (or values) as vLLM and transformers load
+// them: float32 [1], or [kv_heads, 1, 1] per head.
+torch::Tensor kv_scale(const FakeQuantizerImpl& quantizer) {
+  const torch::Tensor s = quantizer.scale().detach().cpu().to(torch::kFloat);
+  return quantizer.options().spec().granularity() == Granularity::per_tensor
+      ? s.reshape({1})
+      : s.reshape({-1, 1, 1});
+}
+
 struct Plan {
   json config;
   std::string format;
+  KvCachePlan kv_cache;
   // Quantized layers by name, with their scheme.
   std::vector<std::pair<std::string, std::pair<QuantizedLayer*, LayerScheme>>>
       layers;
@@ -373,11 +452,27 @@ Plan plan(torch::nn::Module& model, const ExportOptions& options) {
     formats.insert(scheme.format);
     p.layers.emplace_back(name, std::pair{layer, std::move(scheme)});
   }
-  if (p.layers.empty()) {
+  p.kv_cache = kv_cache_plan(model);
+  for (const auto& [name, layer] : p.kv_cache.layers) {
+    for (const auto& [role, quantizer] :
+         {std::pair{"k_cache_quantizer", &layer->k_cache_quantizer},
+          std::pair{"v_cache_quantizer", &layer->v_cache_quantizer}}) {
+      const std::string prefix = name + "." + role + ".";
+      for (const auto& t : (*quantizer)->named_parameters())
+        p.quantizer_state.insert(prefix + t.key());
+      for (const auto& t : (*quantizer)->named_buffers())
+        p.quantizer_state.insert(prefix + t.key());
+    }
+  }
+  if (p.layers.empty() && p.kv_cache.layers.empty()) {
     throw std::invalid_argument(
         "compressed-tensors: the model has no quantized layer to export");
   }
-  p.format = formats.size() == 1 ? *formats.begin() : "mixed-precision";
+  // A KV cache alone: dense weights (config_groups stays an empty object,
+  // which compressed-tensors requires).
+  p.format = formats.empty() ? "dense"
+      : formats.size() == 1  ? *formats.begin()
+                             : "mixed-precision";
 
   // Float layers of the quantized classes: in "ignore", so that a class
   // target leaves them out (and readers see them named).
@@ -406,7 +501,8 @@ Plan plan(torch::nn::Module& model, const ExportOptions& options) {
       {"quantization_status", "compressed"},
       {"config_groups", config_groups},
       {"ignore", ignore},
-      {"kv_cache_scheme", nullptr},
+      {"kv_cache_scheme",
+       p.kv_cache.layers.empty() ? json(nullptr) : p.kv_cache.scheme},
       {"global_compression_ratio", nullptr},
   };
   return p;
@@ -442,6 +538,10 @@ NamedTensors served_tensors(torch::nn::Module& model, const Plan& p) {
     add(t.key(), t.value());
   for (const auto& t : model.named_buffers())
     add(t.key(), t.value());
+  for (const auto& [name, layer] : p.kv_cache.layers) {
+    out.emplace_back(name + ".k_scale", kv_scale(*layer->k_cache_quantizer));
+    out.emplace_back(name + ".v_scale", kv_scale(*layer->v_cache_quantizer));
+  }
   return out;
 }
 

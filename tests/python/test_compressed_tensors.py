@@ -27,6 +27,11 @@ for SmolLM2-135M at W8A8. Then:
    the microscaling formats' scale codes) fails checks 2 and 3, and the
    float model's logits are outside the tolerance.
 
+With an FP8 KV cache (kv_cache_scheme: compressed-tensors fake-quantizes
+each attention layer's keys after RoPE and its values with the stored
+k_scale / v_scale), every layer's scales must be there in vLLM's names and
+shapes, and dropping the scheme must move the logits off qat's.
+
 The microscaling formats (NVFP4, MXFP4, MXFP8) decompress to bfloat16
 weights: check 2 compares them with qat's float32 weights rounded once to
 bfloat16 (for MX that rounding is exact, and checked to be), and check 3,
@@ -56,12 +61,14 @@ from transformers import (AutoModelForCausalLM, CompressedTensorsConfig, LlamaCo
                           LlamaForCausalLM)
 
 CASES = ["w8a8_dynamic", "w8a8_static", "w8a8_affine", "w4a16_g128",
-         "w4a16_g32_affine", "fp8", "nvfp4", "nvfp4_a16", "mxfp4", "mxfp8", "mixed"]
+         "w4a16_g32_affine", "fp8", "nvfp4", "nvfp4_a16", "mxfp4", "mxfp8",
+         "fp8_kv", "w4a16_kv_heads", "mixed"]
 FORMATS = {"w8a8_dynamic": "int-quantized", "w8a8_static": "int-quantized",
            "w8a8_affine": "int-quantized", "w4a16_g128": "pack-quantized",
            "w4a16_g32_affine": "pack-quantized", "fp8": "float-quantized",
            "nvfp4": "nvfp4-pack-quantized", "nvfp4_a16": "nvfp4-pack-quantized",
            "mxfp4": "mxfp4-pack-quantized", "mxfp8": "mxfp8-quantized",
+           "fp8_kv": "float-quantized", "w4a16_kv_heads": "pack-quantized",
            "mixed": "mixed-precision", "smollm2_w8a8": "int-quantized"}
 # Relative rms of the logit difference (over the standard deviation of
 # qat's logits): float rounding alone.
@@ -230,6 +237,39 @@ def check_folder(name: str, folder: str, ours: dict) -> list[str]:
     return failures
 
 
+def check_kv_cache(name: str, folder: str, ours: dict) -> list[str]:
+    """The KV cache scales are where vLLM and transformers look for them, and
+    they matter: without the kv_cache_scheme the logits are not qat's."""
+    failures = []
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    scheme = config["quantization_config"]["kv_cache_scheme"]
+    tensors, _ = checkpoint_tensors(folder)
+    layers = config["num_hidden_layers"]
+    want_shape = [1] if scheme["strategy"] == "tensor" else [config["num_key_value_heads"], 1, 1]
+    for i in range(layers):
+        for which in ("k_scale", "v_scale"):
+            key = f"model.layers.{i}.self_attn.{which}"
+            t = tensors.get(key)
+            if t is None or list(t.shape) != want_shape or t.dtype != torch.float32:
+                failures.append(f"{name}: {key} is {None if t is None else (t.dtype, list(t.shape))}, "
+                                f"expected float32 {want_shape}")
+    plain = folder + ".no_kv"
+    shutil.copytree(folder, plain)
+    config["quantization_config"]["kv_cache_scheme"] = None
+    with open(os.path.join(plain, "config.json"), "w") as f:
+        json.dump(config, f)
+    path = os.path.join(plain, "model.safetensors")
+    save_file({k: t for k, t in load_file(path).items() if not k.endswith(("k_scale", "v_scale"))},
+              path, metadata={"format": "pt"})
+    caught = check_folder(name + " (no kv_cache_scheme)", plain, ours)
+    if not any("transformers" in f for f in caught):
+        failures.append(f"{name}: without its kv_cache_scheme the logits still equal qat's")
+    else:
+        print(f"{name}: without its kv_cache_scheme the logits differ: {len(caught)} failures")
+    return failures
+
+
 def corrupt_one_scale(folder: str) -> str:
     """A copy of the folder with one layer's weight_scale off: 5% (float32), one
     e8m0 step (MX: twice the scale), or 25% rounded to e4m3 (NVFP4)."""
@@ -274,6 +314,9 @@ def main(tool: str) -> int:
             checks += 1
             failures += check_folder(name, folder, ours)
 
+            if name.endswith(("_kv", "_kv_heads")):
+                checks += 1
+                failures += check_kv_cache(name, folder, ours)
             if name in ("w8a8_static", "w4a16_g32_affine", "fp8", "nvfp4_a16", "mxfp4"):
                 broken = folder + ".broken"
                 shutil.copytree(folder, broken)

@@ -235,9 +235,10 @@ torch::Tensor LlamaAttentionImpl::forward(
   };
   const torch::Tensor q = apply_rotary(
       normed(q_norm, heads(q_proj(x), heads_)).transpose(1, 2), rotary);
-  torch::Tensor k = apply_rotary(
-      normed(k_norm, heads(k_proj(x), kv_heads_)).transpose(1, 2), rotary);
-  torch::Tensor v = heads(v_proj(x), kv_heads_).transpose(1, 2);
+  torch::Tensor k = quantize_keys(apply_rotary(
+      normed(k_norm, heads(k_proj(x), kv_heads_)).transpose(1, 2), rotary));
+  torch::Tensor v =
+      quantize_values(heads(v_proj(x), kv_heads_).transpose(1, 2));
   const int64_t past = keys && keys->defined() ? keys->size(2) : 0;
   if (keys) {
     k = past ? torch::cat({*keys, k}, 2) : k;

@@ -34,6 +34,7 @@
 
 #include "qat/export/compressed_tensors.h"
 #include "qat/modules/embedding.h"
+#include "qat/modules/kv_cache.h"
 #include "qat/modules/linear.h"
 
 namespace qat::models {
@@ -127,7 +128,9 @@ struct Rotary {
   torch::Tensor cos, sin; // [time, head_dim]
 };
 
-class LlamaAttentionImpl : public torch::nn::Module {
+// Its keys (after RoPE) and values pass through the KV cache quantizers
+// (qat/modules/kv_cache.h) before they are cached and attended to.
+class LlamaAttentionImpl : public torch::nn::Module, public KvCacheLayer {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
   // x [batch, time, hidden]; appends this call's keys and values to
@@ -140,6 +143,11 @@ class LlamaAttentionImpl : public torch::nn::Module {
   QuantLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr},
       o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr}; // with qk_norm only
+
+ protected:
+  torch::nn::Module& attention_module() override {
+    return *this;
+  }
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
