@@ -182,6 +182,63 @@ int main(int argc, char** argv) {
               .to(dtype);
         });
 
+    // Microscaling formats (dynamic block scales, compressed-tensors' rules),
+    // against the same rules composed of ATen ops: the block amax, its scale
+    // (MX: the power of two by the float bits, as round_to_power_2 takes it;
+    // NVFP4: an e4m3 cast under the global scale), and the element grid
+    // (e2m1 by three rounding steps, or the e4m3 cast).
+    const auto e2m1 = [](const torch::Tensor& y) {
+      const auto a = y.abs().clamp_max(6.0);
+      const auto r = torch::where(
+          a < 2,
+          torch::round(a * 2) / 2,
+          torch::where(a < 4, torch::round(a), torch::round(a / 2) * 2));
+      return torch::sign(y) * r;
+    };
+    const auto mx_scale = [](const torch::Tensor& amax, int emax) {
+      const auto bits = amax.view(torch::kInt);
+      const auto power =
+          ((bits + (1 << 21)).bitwise_and(static_cast<int32_t>(0xFF800000)))
+              .view(torch::kFloat);
+      return power / static_cast<double>(1 << emax);
+    };
+    const auto blocks32 = x.to(torch::kFloat).reshape({-1, 32});
+    const auto blocks16 = x.to(torch::kFloat).reshape({-1, 16});
+    measure(
+        "MXFP4 fwd+mask",
+        [&] { qat::ops::fake_quant_microscale_cachemask(x, "mxfp4", {}); },
+        [&] {
+          const auto s = mx_scale(blocks32.abs().amax(1, true), 2);
+          const auto y = blocks32 / s;
+          (void)(y.abs() <= 6);
+          (void)(e2m1(y) * s).reshape(x.sizes()).to(dtype);
+        });
+    measure(
+        "MXFP8 fwd+mask",
+        [&] { qat::ops::fake_quant_microscale_cachemask(x, "mxfp8", {}); },
+        [&] {
+          const auto s = mx_scale(blocks32.abs().amax(1, true), 8);
+          const auto y = blocks32 / s;
+          (void)(y.abs() <= 448);
+          (void)(y.clamp(-448, 448).to(torch::kFloat8_e4m3fn).to(torch::kFloat) * s)
+              .reshape(x.sizes())
+              .to(dtype);
+        });
+    measure(
+        "NVFP4 fwd+mask",
+        [&] { qat::ops::fake_quant_microscale_cachemask(x, "nvfp4", {}); },
+        [&] {
+          const auto g = 2688.0 / blocks16.abs().max();
+          const auto s = (g * blocks16.abs().amax(1, true) / 6)
+                             .clamp(-448, 448)
+                             .to(torch::kFloat8_e4m3fn)
+                             .to(torch::kFloat) /
+              g;
+          const auto y = blocks16 / s;
+          (void)(y.abs() <= 6);
+          (void)(e2m1(y) * s).reshape(x.sizes()).to(dtype);
+        });
+
     // Backward: grad * mask (ATen's cachemask backward is exactly dY * mask).
     const auto mask = std::get<1>(qat::ops::fake_quant_affine_cachemask(
         x, scale_c, zp_c, 0, 0, -128, 127));
