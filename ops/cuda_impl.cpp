@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "kernels/cuda/fake_quant.cuh"
+#include "kernels/cuda/microscale.cuh"
 #include "ops/fake_quant_impl.h"
 
 namespace qat::ops {
@@ -82,23 +83,31 @@ struct Cuda {
     refuse_kquant(type);
   }
 
-  static float microscale_global_scale(const float*, int64_t) {
-    refuse_microscale();
+  static float microscale_global_scale(const float* x, int64_t n) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    at::Tensor bits =
+        at::empty({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA));
+    check_launch(kernels::cuda::microscale_amax_bits(
+        x, n, reinterpret_cast<uint32_t*>(bits.data_ptr<int32_t>()), stream));
+    const auto amax_bits = static_cast<uint32_t>(bits.item<int32_t>());
+    return kernels::nvfp4_global_scale(kernels::bits_float(amax_bits));
   }
+
   static void microscale(
-      const float*,
-      float*,
-      uint8_t*,
-      int64_t,
-      kernels::MicroscaleFormat,
-      float) {
-    refuse_microscale();
-  }
-  [[noreturn]] static void refuse_microscale() {
-    TORCH_CHECK(
-        false,
-        "qat: NVFP4 / MXFP4 / MXFP8 fake-quant has no CUDA kernel yet; "
-        "fake-quantize on the CPU");
+      const float* x,
+      float* y,
+      uint8_t* mask,
+      int64_t blocks,
+      kernels::MicroscaleFormat format,
+      float global_scale) {
+    check_launch(kernels::cuda::fake_quant_microscale(
+        x,
+        y,
+        mask,
+        blocks,
+        format,
+        global_scale,
+        at::cuda::getCurrentCUDAStream()));
   }
 
   static void refuse_kquant(kernels::GgufType type) {

@@ -125,6 +125,30 @@ TEST_F(Cuda, GgufMatchesCpu) {
   }
 }
 
+// NVFP4 / MXFP4 / MXFP8 with scales from each block (and NVFP4's global
+// scale from the tensor, or given): values (NaN as NaN) and masks as on the
+// CPU, with gradients through the mask.
+TEST_F(Cuda, MicroscaleMatchesCpu) {
+  const torch::Device gpu(torch::kCUDA);
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (int64_t rows : {1, 7, 1023}) {
+      const auto x = hard_values({rows, 96}, 0.05, rows).to(dtype);
+      for (const char* format : {"nvfp4", "mxfp4", "mxfp8"}) {
+        auto [y, m] = ops::fake_quant_microscale_cachemask(x, format, {});
+        auto [yg, mg] =
+            ops::fake_quant_microscale_cachemask(x.to(gpu), format, {});
+        ASSERT_TRUE(same_bits_or_both_nan(y, yg.cpu()))
+            << format << " rows=" << rows;
+        ASSERT_TRUE(torch::equal(m, mg.cpu())) << format;
+      }
+      const auto g = torch::full({1}, 1234.5f);
+      EXPECT_TRUE(same_bits_or_both_nan(
+          ops::fake_quant_microscale(x, "nvfp4", g),
+          ops::fake_quant_microscale(x.to(gpu), "nvfp4", g.to(gpu)).cpu()));
+    }
+  }
+}
+
 // Sizes where the grid-stride loops wrap, rows of 4096 (the 16-byte pack
 // path), and inputs that start off a 16-byte boundary (the element path).
 TEST_F(Cuda, LargeAndMisalignedTensorsMatchCpu) {
