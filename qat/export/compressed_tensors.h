@@ -9,12 +9,24 @@
 //                    32-element group of b words (little end first), and
 //                    L.weight_shape I64 [2]
 //   float-quantized  L.weight F8_E4M3 [N, K]
-//   every format     L.weight_scale F32 [N, 1] (channel), [N, K/g] (group)
+//   nvfp4-pack-quantized, mxfp4-pack-quantized
+//                    L.weight_packed U8 [N, K/2]: e2m1 codes, element 2i in
+//                    the low nibble; L.weight_scale F8_E4M3 [N, K/16] (NVFP4)
+//                    or U8 e8m0 [N, K/32] (MX); NVFP4's L.weight_global_scale
+//                    F32 [1] and, for its inputs, L.input_global_scale F32 [1]
+//   mxfp8-quantized  L.weight F8_E4M3 [N, K], L.weight_scale U8 [N, K/32]
+//                    (kernels/ref/microscale_ref.h has each format's row)
+//   every other format
+//                    L.weight_scale F32 [N, 1] (channel), [N, K/g] (group)
 //                    or [1] (tensor); L.weight_zero_point I8 in the scale's
 //                    shape for affine weights (pack-quantized: packed as
 //                    above along N); L.input_scale F32 [1] (and
 //                    L.input_zero_point I8 [1] when affine) for static input
 //                    activations, L.output_* likewise
+//
+// An FP8 KV cache (qat/modules/kv_cache.h) is the config's kv_cache_scheme,
+// with A.k_scale and A.v_scale F32 [1] (strategy tensor) or [kv_heads, 1, 1]
+// (attn_head) for each attention layer A, as vLLM and transformers read them.
 //
 // Each layer's format is the one compressed-tensors itself infers for its
 // scheme (compressors/format.py): FP8 weights are float-quantized, integer
