@@ -327,27 +327,42 @@ void check_representations(
       representations.device());
 }
 
-void check_gguf_input(
+namespace {
+
+// A block format's input: float32 / bfloat16, blocks of `block_size` along
+// the last dimension.
+void check_block_input(
     std::string_view op,
     const at::Tensor& input,
-    kernels::GgufType type) {
-  const auto& info = kernels::gguf_type_info(type);
+    const std::string& format,
+    int block_size) {
   TORCH_CHECK(
       input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
       op,
       ": input must be float32 or bfloat16, got ",
       input.scalar_type());
   TORCH_CHECK(
-      input.dim() >= 1 && input.size(-1) % info.block_size == 0,
+      input.dim() >= 1 && input.size(-1) % block_size == 0,
       op,
-      ": GGUF ",
-      info.name,
+      ": ",
+      format,
       " blocks are ",
-      info.block_size,
+      block_size,
       " consecutive values of the last dimension, which must be a multiple of ",
-      info.block_size,
+      block_size,
       "; got shape ",
       input.sizes());
+}
+
+} // namespace
+
+void check_gguf_input(
+    std::string_view op,
+    const at::Tensor& input,
+    kernels::GgufType type) {
+  const auto& info = kernels::gguf_type_info(type);
+  check_block_input(
+      op, input, std::string("GGUF ") + info.name, info.block_size);
 }
 
 kernels::MicroscaleFormat parse_microscale_format(
@@ -369,22 +384,7 @@ void check_microscale_input(
     const std::optional<at::Tensor>& global_scale,
     kernels::MicroscaleFormat format) {
   const auto& info = kernels::microscale_format_info(format);
-  TORCH_CHECK(
-      input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
-      op,
-      ": input must be float32 or bfloat16, got ",
-      input.scalar_type());
-  TORCH_CHECK(
-      input.dim() >= 1 && input.size(-1) % info.block_size == 0,
-      op,
-      ": ",
-      info.name,
-      " blocks are ",
-      info.block_size,
-      " consecutive values of the last dimension, which must be a multiple of ",
-      info.block_size,
-      "; got shape ",
-      input.sizes());
+  check_block_input(op, input, info.name, info.block_size);
   if (!global_scale)
     return;
   TORCH_CHECK(

@@ -346,31 +346,17 @@ std::vector<std::pair<std::string, QuantizedLayer*>> weight_quantized_layers(
 std::vector<std::pair<std::string, torch::Tensor>> activation_quantizer_state(
     torch::nn::Module& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
+  const auto add = [&](const std::string& prefix, const FakeQuantizer& q) {
+    for (auto& item : quantizer_state(prefix, q))
+      out.push_back(std::move(item));
+  };
   for (const auto& [name, layer] : quantized_layers(model)) {
-    for (const auto& [role, quantizer] :
-         {std::pair{"input_quantizer", &layer->quantizers.input},
-          std::pair{"output_quantizer", &layer->quantizers.output}}) {
-      if (quantizer->is_empty())
-        continue;
-      const std::string prefix = name + "." + role + ".";
-      for (const auto& p : (*quantizer)->named_parameters())
-        out.emplace_back(prefix + p.key(), p.value());
-      for (const auto& b : (*quantizer)->named_buffers())
-        out.emplace_back(prefix + b.key(), b.value());
-    }
+    add(name + ".input_quantizer.", layer->quantizers.input);
+    add(name + ".output_quantizer.", layer->quantizers.output);
   }
   for (const auto& [name, layer] : kv_cache_layers(model)) {
-    for (const auto& [role, quantizer] :
-         {std::pair{"k_cache_quantizer", &layer->k_cache_quantizer},
-          std::pair{"v_cache_quantizer", &layer->v_cache_quantizer}}) {
-      if (quantizer->is_empty())
-        continue;
-      const std::string prefix = name + "." + role + ".";
-      for (const auto& p : (*quantizer)->named_parameters())
-        out.emplace_back(prefix + p.key(), p.value());
-      for (const auto& b : (*quantizer)->named_buffers())
-        out.emplace_back(prefix + b.key(), b.value());
-    }
+    add(name + ".k_cache_quantizer.", layer->k_cache_quantizer);
+    add(name + ".v_cache_quantizer.", layer->v_cache_quantizer);
   }
   return out;
 }

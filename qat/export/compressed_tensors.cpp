@@ -428,16 +428,11 @@ Plan plan(torch::nn::Module& model, const ExportOptions& options) {
   std::set<std::string> formats;
   for (const auto& [name, layer] : quantized_layers(model)) {
     for (const auto& [role, quantizer] :
-         {std::pair{"weight_quantizer", &layer->quantizers.weight},
-          std::pair{"input_quantizer", &layer->quantizers.input},
-          std::pair{"output_quantizer", &layer->quantizers.output}}) {
-      if (quantizer->is_empty())
-        continue;
-      const std::string prefix = name + "." + role + ".";
-      for (const auto& t : (*quantizer)->named_parameters())
-        p.quantizer_state.insert(prefix + t.key());
-      for (const auto& t : (*quantizer)->named_buffers())
-        p.quantizer_state.insert(prefix + t.key());
+         {std::pair{".weight_quantizer.", &layer->quantizers.weight},
+          std::pair{".input_quantizer.", &layer->quantizers.input},
+          std::pair{".output_quantizer.", &layer->quantizers.output}}) {
+      for (const auto& item : quantizer_state(name + role, *quantizer))
+        p.quantizer_state.insert(item.first);
     }
     const bool quantizes = active(layer->quantizers.weight) ||
         active(layer->quantizers.input) || active(layer->quantizers.output);
@@ -455,13 +450,10 @@ Plan plan(torch::nn::Module& model, const ExportOptions& options) {
   p.kv_cache = kv_cache_plan(model);
   for (const auto& [name, layer] : p.kv_cache.layers) {
     for (const auto& [role, quantizer] :
-         {std::pair{"k_cache_quantizer", &layer->k_cache_quantizer},
-          std::pair{"v_cache_quantizer", &layer->v_cache_quantizer}}) {
-      const std::string prefix = name + "." + role + ".";
-      for (const auto& t : (*quantizer)->named_parameters())
-        p.quantizer_state.insert(prefix + t.key());
-      for (const auto& t : (*quantizer)->named_buffers())
-        p.quantizer_state.insert(prefix + t.key());
+         {std::pair{".k_cache_quantizer.", &layer->k_cache_quantizer},
+          std::pair{".v_cache_quantizer.", &layer->v_cache_quantizer}}) {
+      for (const auto& item : quantizer_state(name + role, *quantizer))
+        p.quantizer_state.insert(item.first);
     }
   }
   if (p.layers.empty() && p.kv_cache.layers.empty()) {

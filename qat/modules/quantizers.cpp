@@ -109,6 +109,19 @@ void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
   }
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(
+    const std::string& prefix,
+    const FakeQuantizer& quantizer) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  if (quantizer.is_empty())
+    return out;
+  for (const auto& p : quantizer->named_parameters())
+    out.emplace_back(prefix + p.key(), p.value());
+  for (const auto& b : quantizer->named_buffers())
+    out.emplace_back(prefix + b.key(), b.value());
+  return out;
+}
+
 std::vector<std::pair<std::string, QuantizedLayer*>> quantized_layers(
     torch::nn::Module& model) {
   std::vector<std::pair<std::string, QuantizedLayer*>> out;

@@ -69,6 +69,12 @@ class QuantizedLayer {
   }
 };
 
+// The parameters and buffers of a quantizer (none for an empty one), each
+// named `prefix` + its own name: what saving and exporting skip or keep.
+std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(
+    const std::string& prefix,
+    const FakeQuantizer& quantizer);
+
 // Every quantized layer of `model` (below it) with its name, in module order.
 std::vector<std::pair<std::string, QuantizedLayer*>> quantized_layers(
     torch::nn::Module& model);
