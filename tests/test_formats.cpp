@@ -15,6 +15,8 @@
 #include "kernels/ref/microscale_ref.h"
 #include "ops/ops.h"
 #include "qat/fake_quant.h"
+#include "qat/modules/layer_specs.h"
+#include "qat/modules/linear.h"
 #include "tests/test_helpers.h"
 
 namespace qat {
@@ -472,6 +474,14 @@ TEST(Microscale, BadArgumentsGiveClearErrors) {
             torch::randn({32}).to(torch::kDouble), "mxfp4", {});
       },
       "input must be float32 or bfloat16");
+  // A layer whose rows are not whole blocks is refused when prepared.
+  EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
+      [] {
+        torch::nn::Linear fc(40, 8);
+        QuantLinear::from_float(fc, LayerQuantSpecs{})
+            ->set_specs(preset("nvfp4"));
+      },
+      "cannot be split into nvfp4 blocks of 16 along its last dimension"));
   // Specs: one exact spec per format; MX has nothing to calibrate.
   EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
       [] {

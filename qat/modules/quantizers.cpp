@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "kernels/ref/microscale_ref.h"
+
 namespace qat {
 namespace {
 
@@ -73,6 +75,19 @@ void QuantizedLayer::check_fit(const LayerQuantSpecs& new_specs) const {
   if (!new_specs.weight || !w.defined())
     return;
   const QuantSpec& spec = new_specs.weight->spec();
+  if (spec.is_microscale()) {
+    const int64_t block =
+        kernels::find_microscale_format(spec.microscale_name())->block_size;
+    if (w.dim() == 0 || w.size(-1) % block != 0) {
+      std::ostringstream shape;
+      shape << w.sizes();
+      throw std::invalid_argument(
+          std::string("the ") + layer_type() + "'s weight, seen as " +
+          shape.str() + ", cannot be split into " + spec.microscale_name() +
+          " blocks of " + std::to_string(block) + " along its last dimension");
+    }
+    return;
+  }
   if (spec.granularity() != Granularity::per_group)
     return;
   const int64_t axis = spec.axis() < 0 ? spec.axis() + w.dim() : spec.axis();
