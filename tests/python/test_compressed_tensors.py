@@ -286,7 +286,7 @@ def corrupt_one_scale(folder: str) -> str:
     if scale.dtype == torch.uint8:
         stored[victim] = scale + 1
     elif scale.dtype == torch.float8_e4m3fn:
-        stored[victim] = (scale.float() * 1.25).to(scale.dtype)
+        stored[victim] = (scale.float() * 1.25).clamp(max=448).to(scale.dtype)
     else:
         stored[victim] = scale * 1.05
     save_file(stored, path, metadata={"format": "pt"})
