@@ -99,9 +99,9 @@ struct Cpu {
   }
 
   static float microscale_global_scale(const float* x, int64_t n) {
-    // A maximum: the same for any split; NaN wins.
+    // A maximum of magnitudes, NaN winning: the same for any split.
     const auto larger = [](float a, float b) {
-      return a != a || b != b ? (a != a ? a : b) : std::max(a, b);
+      return kernels::max_magnitude(a, b);
     };
     const float amax = at::parallel_reduce(
         0,

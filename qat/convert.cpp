@@ -113,10 +113,6 @@ QuantizedWeight quantize_gguf(
   return q;
 }
 
-const kernels::MicroscaleFormatInfo& microscale_info(const QuantSpec& spec) {
-  return *kernels::find_microscale_format(spec.microscale_name());
-}
-
 // Rows of the last dimension, as the kernels and the checkpoint lay them out.
 std::pair<int64_t, int64_t> microscale_rows(
     const kernels::MicroscaleFormatInfo& info,
@@ -138,7 +134,7 @@ QuantizedWeight quantize_microscale(
     const QuantSpec& spec,
     const torch::Tensor& global_scale) {
   const torch::Tensor w = weight.cpu();
-  const auto& info = microscale_info(spec);
+  const auto& info = *spec.microscale_info();
   const auto [rows, cols] = microscale_rows(info, w.sizes());
   const float g = info.global_scale ? global_scale.item<float>() : 1.0f;
   if (info.global_scale && !(std::isfinite(g) && g > 0.0f)) {
@@ -250,7 +246,7 @@ torch::Tensor QuantizedWeight::codes() const {
     return out.to(data.device());
   }
   if (spec.is_microscale()) {
-    const auto& info = microscale_info(spec);
+    const auto& info = *spec.microscale_info();
     const torch::Tensor bytes = data.cpu().contiguous().view(torch::kByte);
     torch::Tensor nibbles = bytes;
     if (info.element_bits == 4) {
@@ -288,7 +284,7 @@ torch::Tensor QuantizedWeight::dequantize() const {
     return out.to(data.device());
   }
   if (spec.is_microscale()) {
-    const auto& info = microscale_info(spec);
+    const auto& info = *spec.microscale_info();
     const auto [rows, cols] = microscale_rows(info, shape);
     const torch::Tensor values = data.cpu().contiguous().view(torch::kByte);
     const torch::Tensor scales = scale.cpu().contiguous().view(torch::kByte);

@@ -118,6 +118,16 @@ torch::Tensor FakeQuantizerImpl::quantize(
   const QuantSpec& spec = options_.spec();
   const auto axis = spec.op_axis();
   const int64_t group_size = spec.op_group_size(x.dim() > 0 ? x.size(-1) : 1);
+  if (spec.is_microscale()) {
+    // The block scales are the op's, from each input; NVFP4's global scale
+    // too when dynamic, else the calibrated one in `scale`.
+    return ops::fake_quant_microscale(
+        x,
+        spec.microscale_name(),
+        spec.format() == NumberFormat::nvfp4 && !spec.dynamic()
+            ? std::optional(scale)
+            : std::nullopt);
+  }
   if (spec.is_fp8())
     return ops::fake_quant_fp8(x, scale, axis, group_size, spec.fp8_name());
   switch (options_.estimator()) {
@@ -182,25 +192,13 @@ torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
     return ops::fake_quant_gguf_fixed(
         x, gguf_representation_, spec.gguf_name());
   }
-  if (spec.is_microscale()) {
-    // The block scales follow each input; NVFP4's global scale does too
-    // (dynamic) or is calibrated by the observer and kept in `scale`.
-    if (!spec.dynamic() && observer_enabled()) {
-      observer_->observe(x);
-      load_qparams(observer_->qparams());
-    }
-    if (!fake_quant_enabled())
-      return x;
-    return ops::fake_quant_microscale(
-        x,
-        spec.microscale_name(),
-        spec.dynamic() ? std::nullopt : std::optional(scale_));
-  }
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;
     if (spec.gguf() != GgufRule::none)
       return ops::fake_quant_gguf(x, spec.gguf_name());
+    if (spec.is_microscale())
+      return quantize(x, scale_, zero_point_); // the op computes every scale
     const QParams q = dynamic_qparams(x, spec);
     return quantize(x, q.scale, q.zero_point);
   }

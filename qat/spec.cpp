@@ -109,24 +109,27 @@ QuantSpec QuantSpec::gguf_block(GgufRule rule) {
 QuantSpec QuantSpec::microscale(NumberFormat format) {
   QuantSpec spec;
   spec.format(format).granularity(Granularity::per_tensor).dynamic(true);
-  if (spec.is_microscale()) {
-    spec.bits(
-        kernels::find_microscale_format(spec.microscale_name())->element_bits);
-  }
+  if (const auto* info = spec.microscale_info())
+    spec.bits(info->element_bits);
   return spec;
 }
 
-const char* QuantSpec::microscale_name() const {
+const kernels::MicroscaleFormatInfo* QuantSpec::microscale_info() const {
   switch (format_) {
     case NumberFormat::nvfp4:
-      return "nvfp4";
+      return &kernels::microscale_format_info(kernels::MicroscaleFormat::nvfp4);
     case NumberFormat::mxfp4:
-      return "mxfp4";
+      return &kernels::microscale_format_info(kernels::MicroscaleFormat::mxfp4);
     case NumberFormat::mxfp8:
-      return "mxfp8";
+      return &kernels::microscale_format_info(kernels::MicroscaleFormat::mxfp8);
     default:
       return nullptr;
   }
+}
+
+const char* QuantSpec::microscale_name() const {
+  const auto* info = microscale_info();
+  return info ? info->name : nullptr;
 }
 
 const char* QuantSpec::gguf_name() const {
@@ -212,7 +215,7 @@ std::string QuantSpec::to_string() const {
     out << "gguf_" << gguf_name() << ' ';
   }
   if (is_microscale()) {
-    const auto* info = kernels::find_microscale_format(microscale_name());
+    const auto* info = microscale_info();
     out << info->name << " block=" << info->block_size;
     if (info->global_scale)
       out << (dynamic_ ? " global=dynamic" : " global=calibrated");

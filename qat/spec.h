@@ -21,6 +21,10 @@
 
 namespace qat {
 
+namespace kernels {
+struct MicroscaleFormatInfo; // kernels/ref/microscale_ref.h
+} // namespace kernels
+
 enum class NumberFormat {
   int_,     // two's-complement or unsigned integer of `bits` bits (2..8)
   fp8_e4m3, // OCP e4m3fn: max 448, no infinities
@@ -125,6 +129,9 @@ struct QuantSpec {
   // 448/57344 for FP8, 6 or 448 for the microscaling elements).
   double format_max() const;
   const char* fp8_name() const; // "e4m3fn" / "e5m2"
+  // A microscaling format's row of the kernels' table (name, block size,
+  // element bits, compressed-tensors' encoding), nullptr for other formats.
+  const kernels::MicroscaleFormatInfo* microscale_info() const;
   // "nvfp4", "mxfp4", "mxfp8" (the ops' and kernels' names), nullptr else.
   const char* microscale_name() const;
   const char* gguf_name() const; // "q8_0", "q4_k", ... (nullptr for none)

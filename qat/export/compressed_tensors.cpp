@@ -47,10 +47,6 @@ const FakeQuantizerImpl* active(const FakeQuantizer& quantizer) {
   return quantizer.get();
 }
 
-const kernels::MicroscaleFormatInfo& microscale_info(const QuantSpec& spec) {
-  return *kernels::find_microscale_format(spec.microscale_name());
-}
-
 // QuantizationArgs of a microscaling quantizer: compressed-tensors' preset
 // schemes NVFP4 / MXFP4 / MXFP8 (quantization/quant_scheme.py). NVFP4 is
 // strategy tensor_group (block scales under a global one): a weight's global
@@ -62,7 +58,7 @@ json microscale_args(
     const std::string& role,
     const QuantSpec& spec,
     bool is_weight) {
-  const auto& info = microscale_info(spec);
+  const auto& info = *spec.microscale_info();
   json args = {
       {"num_bits", info.element_bits},
       {"type", "float"},
@@ -209,7 +205,7 @@ LayerScheme layer_scheme(const std::string& name, QuantizedLayer& layer) {
   }
   const QuantSpec& weight_spec = weight->options().spec();
   out.format = weight_spec.is_microscale()
-      ? microscale_info(weight_spec).compression_format
+      ? weight_spec.microscale_info()->compression_format
       : weight_spec.is_fp8()                       ? "float-quantized"
       : !out.scheme["input_activations"].is_null() ? "int-quantized"
                                                    : "pack-quantized";
@@ -235,7 +231,7 @@ void append_microscale_weight(
     NamedTensors& out,
     const std::string& name,
     const QuantizedWeight& q) {
-  const auto& info = microscale_info(q.spec);
+  const auto& info = *q.spec.microscale_info();
   const int64_t rows = q.shape.front();
   out.emplace_back(
       name + "." + info.values_tensor, q.data.cpu().reshape({rows, -1}));

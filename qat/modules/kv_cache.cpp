@@ -27,26 +27,17 @@ void KvCacheLayer::check_spec(const FakeQuantizerOptions& options) {
 
 void KvCacheLayer::set_kv_cache_quantizer(
     const std::optional<FakeQuantizerOptions>& options) {
+  if (options)
+    check_spec(*options);
   torch::nn::Module& module = attention_module();
-  const auto children = module.named_children();
-  for (const char* name : {"k_cache_quantizer", "v_cache_quantizer"}) {
-    if (children.contains(name))
-      module.unregister_module(name);
-  }
-  k_cache_quantizer = FakeQuantizer(nullptr);
-  v_cache_quantizer = FakeQuantizer(nullptr);
-  if (!options)
-    return;
-  check_spec(*options);
-  k_cache_quantizer =
-      module.register_module("k_cache_quantizer", FakeQuantizer(*options));
-  v_cache_quantizer =
-      module.register_module("v_cache_quantizer", FakeQuantizer(*options));
+  // The attention's own parameters are its projections'.
   const auto params = module.parameters();
-  if (!params.empty()) {
-    k_cache_quantizer->to(params.front().device());
-    v_cache_quantizer->to(params.front().device());
-  }
+  const auto device =
+      params.empty() ? std::nullopt : std::optional(params.front().device());
+  k_cache_quantizer =
+      replace_quantizer(module, "k_cache_quantizer", options, device);
+  v_cache_quantizer =
+      replace_quantizer(module, "v_cache_quantizer", options, device);
 }
 
 torch::Tensor KvCacheLayer::quantize_keys(const torch::Tensor& keys) {

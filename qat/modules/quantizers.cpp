@@ -5,26 +5,31 @@
 #include "kernels/ref/microscale_ref.h"
 
 namespace qat {
-namespace {
 
-FakeQuantizer make(
+FakeQuantizer replace_quantizer(
     torch::nn::Module& owner,
-    const char* name,
-    const std::optional<FakeQuantizerOptions>& options) {
+    const std::string& name,
+    const std::optional<FakeQuantizerOptions>& options,
+    std::optional<torch::Device> device) {
+  if (owner.named_children().contains(name))
+    owner.unregister_module(name);
   if (!options)
     return FakeQuantizer(nullptr);
-  return owner.register_module(name, FakeQuantizer(*options));
+  FakeQuantizer quantizer =
+      owner.register_module(name, FakeQuantizer(*options));
+  if (device)
+    quantizer->to(*device);
+  return quantizer;
 }
-
-} // namespace
 
 LayerQuantizers LayerQuantizers::create(
     torch::nn::Module& owner,
-    const LayerQuantSpecs& specs) {
+    const LayerQuantSpecs& specs,
+    std::optional<torch::Device> device) {
   return {
-      make(owner, "weight_quantizer", specs.weight),
-      make(owner, "input_quantizer", specs.input),
-      make(owner, "output_quantizer", specs.output)};
+      replace_quantizer(owner, "weight_quantizer", specs.weight, device),
+      replace_quantizer(owner, "input_quantizer", specs.input, device),
+      replace_quantizer(owner, "output_quantizer", specs.output, device)};
 }
 
 torch::Tensor LayerQuantizers::apply(
@@ -76,8 +81,7 @@ void QuantizedLayer::check_fit(const LayerQuantSpecs& new_specs) const {
     return;
   const QuantSpec& spec = new_specs.weight->spec();
   if (spec.is_microscale()) {
-    const int64_t block =
-        kernels::find_microscale_format(spec.microscale_name())->block_size;
+    const int64_t block = spec.microscale_info()->block_size;
     if (w.dim() == 0 || w.size(-1) % block != 0) {
       std::ostringstream shape;
       shape << w.sizes();
@@ -106,22 +110,13 @@ void QuantizedLayer::set_specs(LayerQuantSpecs new_specs) {
   check_fit(new_specs);
   quantized_weight.reset();
   torch::nn::Module& module = layer_module();
-  const auto children = module.named_children();
-  for (const char* name :
-       {"weight_quantizer", "input_quantizer", "output_quantizer"}) {
-    if (children.contains(name))
-      module.unregister_module(name);
-  }
-  specs = std::move(new_specs);
-  quantizers = LayerQuantizers::create(module, specs);
+  // The quantizers live on the device of the layer's own parameters.
   const auto params = module.parameters(/*recurse=*/false);
-  if (!params.empty()) {
-    for (FakeQuantizer* q :
-         {&quantizers.weight, &quantizers.input, &quantizers.output}) {
-      if (!q->is_empty())
-        (*q)->to(params.front().device());
-    }
-  }
+  specs = std::move(new_specs);
+  quantizers = LayerQuantizers::create(
+      module,
+      specs,
+      params.empty() ? std::nullopt : std::optional(params.front().device()));
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(

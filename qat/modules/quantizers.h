@@ -15,10 +15,12 @@ struct LayerQuantizers {
   FakeQuantizer output{nullptr};
 
   // Registers "weight_quantizer", "input_quantizer", "output_quantizer" on
-  // owner for the specs that are set.
+  // owner for the specs that are set (replacing those there; see
+  // replace_quantizer), on `device` when given.
   static LayerQuantizers create(
       torch::nn::Module& owner,
-      const LayerQuantSpecs& specs);
+      const LayerQuantSpecs& specs,
+      std::optional<torch::Device> device = std::nullopt);
 
   // x through the quantizer, or x itself when there is none.
   static torch::Tensor apply(FakeQuantizer& quantizer, const torch::Tensor& x);
@@ -68,6 +70,15 @@ class QuantizedLayer {
     return {};
   }
 };
+
+// Replaces `owner`'s quantizer submodule `name` (unregistering the one there,
+// if any) by one built from `options`, moved to `device` when given; an empty
+// quantizer for nullopt.
+FakeQuantizer replace_quantizer(
+    torch::nn::Module& owner,
+    const std::string& name,
+    const std::optional<FakeQuantizerOptions>& options,
+    std::optional<torch::Device> device = std::nullopt);
 
 // The parameters and buffers of a quantizer (none for an empty one), each
 // named `prefix` + its own name: what saving and exporting skip or keep.
