@@ -17,9 +17,10 @@
 //   gguf-read IN OUT   read the GGUF file IN with qat's reader; write each
 //                      tensor NAME dequantized (float32) and its stored bytes
 //                      as NAME.raw, and its type in the metadata
-//   gguf-export TOKENIZER_GGUF OUT_GGUF OUT
+//   gguf-export TOKENIZER_GGUF PRESET OUT_GGUF OUT
 //                      a small random decoder, Linear layers prepared as
-//                      gguf_q4_0 and the embedding as gguf_q8_0, converted and
+//                      PRESET (gguf_q4_0, mxfp4_a16, ...) and the embedding as
+//                      gguf_q8_0, converted and
 //                      saved as GGUF (with TOKENIZER_GGUF's tokenizer); OUT
 //                      holds every weight as the converted model serves it,
 //                      by Hugging Face name, and "tokens" / "logits" of one
@@ -38,9 +39,10 @@
 //                      flattened, BatchNorm folded)
 //   gguf-quantize IN_GGUF OUT_GGUF TYPE
 //                      the GGUF llama model IN_GGUF (SmolLM2) with every
-//                      Linear layer quantized to TYPE (q8_0, q4_0) by
-//                      rounding to nearest, or kept float (f32), exported as
-//                      GGUF
+//                      Linear layer quantized to TYPE (q8_0, q4_0, a GGUF
+//                      block type; mxfp4: the preset mxfp4_a16) by rounding
+//                      to nearest, or at a type mix, or kept float (f32),
+//                      exported as GGUF
 //   evaluate-gguf GGUF TEXT CONTEXT OUT
 //                      the GGUF llama model read as served on TEXT, tokenized
 //                      with its BPE and cut into windows of CONTEXT tokens:
@@ -169,6 +171,7 @@ void gguf_read(const char* in_path, const char* out_path) {
 
 void gguf_export(
     const char* tokenizer_path,
+    const char* linear_preset,
     const char* gguf_path,
     const char* out_path) {
   using namespace qat::models;
@@ -186,7 +189,7 @@ void gguf_export(
   LlamaForCausalLM lm(config);
   qat::prepare(
       *lm,
-      {{qat::QuantRule::quantize("*", qat::preset("gguf_q4_0"), "Linear"),
+      {{qat::QuantRule::quantize("*", qat::preset(linear_preset), "Linear"),
         qat::QuantRule::quantize("*", qat::preset("gguf_q8_0"), "Embedding")}});
   qat::convert(*lm);
   save_llama_gguf(*lm, gguf_path, "qat conformance", &tokenizer);
@@ -361,14 +364,15 @@ void gguf_quantize(
     qat::prepare(*lm, gguf_mix_scheme(*lm, type));
     qat::convert(*lm);
   } else if (type != "f32") {
-    if (!qat::kernels::find_gguf_type(type))
+    std::string preset = "gguf_" + type;
+    if (type == "mxfp4")
+      preset = "mxfp4_a16";
+    else if (!qat::kernels::find_gguf_type(type))
       throw std::invalid_argument(
           "gguf-quantize: type '" + type +
-          "'; expected f32, a GGUF block type or a type mix");
+          "'; expected f32, a GGUF block type, mxfp4 or a type mix");
     qat::prepare(
-        *lm,
-        {{qat::QuantRule::quantize(
-            "*", qat::preset("gguf_" + type), "Linear")}});
+        *lm, {{qat::QuantRule::quantize("*", qat::preset(preset), "Linear")}});
     qat::convert(*lm);
   }
   save_llama_gguf(*lm, gguf_path, "qat conformance", &source);
@@ -470,7 +474,8 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
     return {linear(qat::preset("fp8_e4m3"))};
   // nvfp4-pack-quantized (calibrated NVFP4 input global scales, or none),
   // mxfp4-pack-quantized, mxfp8-quantized (dynamic MX inputs)
-  for (const char* microscale : {"nvfp4", "nvfp4_a16", "mxfp4", "mxfp8"}) {
+  for (const char* microscale :
+       {"nvfp4", "nvfp4_a16", "mxfp4", "mxfp4_a16", "mxfp8"}) {
     if (name == microscale)
       return {linear(qat::preset(name))};
   }
@@ -504,8 +509,8 @@ CompressedTensorsCase compressed_tensors_case(const std::string& name) {
   throw std::invalid_argument(
       "unknown compressed-tensors case '" + name +
       "'; expected w8a8_dynamic, w8a8_static, w8a8_affine, w4a16_g128, "
-      "w4a16_g32_affine, fp8, nvfp4, nvfp4_a16, mxfp4, mxfp8, fp8_kv, "
-      "w4a16_kv_heads or mixed");
+      "w4a16_g32_affine, fp8, nvfp4, nvfp4_a16, mxfp4, mxfp4_a16, mxfp8, "
+      "fp8_kv, w4a16_kv_heads or mixed");
 }
 
 // Converts the prepared, calibrated `lm`, exports it to `dir` and writes
@@ -657,7 +662,7 @@ int main(int argc, char** argv) {
       {"gguf", 2},
       {"llama", 3},
       {"gguf-read", 2},
-      {"gguf-export", 3},
+      {"gguf-export", 4},
       {"tokenize", 3},
       {"onnx", 4},
       {"gguf-quantize", 3},
@@ -672,10 +677,10 @@ int main(int argc, char** argv) {
         stderr,
         "usage: %s roundtrip|gguf|gguf-read IN OUT\n"
         "       %s llama CHECKPOINT_DIR IN.safetensors OUT.safetensors\n"
-        "       %s gguf-export TOKENIZER_GGUF OUT_GGUF OUT.safetensors\n"
+        "       %s gguf-export TOKENIZER_GGUF PRESET OUT_GGUF OUT.safetensors\n"
         "       %s tokenize GGUF TEXT OUT.safetensors\n"
         "       %s onnx mlp|resnet int8|int4 OUT.onnx OUT.safetensors\n"
-        "       %s gguf-quantize IN.gguf OUT.gguf f32|q8_0|q4_0\n"
+        "       %s gguf-quantize IN.gguf OUT.gguf f32|q8_0|q4_0|mxfp4|q4_k_m\n"
         "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n"
         "       %s compressed-tensors CASE OUT_DIR OUT.safetensors\n"
         "       %s compressed-tensors-gguf GGUF PRESET OUT_DIR OUT.safetensors\n",
@@ -700,7 +705,7 @@ int main(int argc, char** argv) {
     else if (command == "gguf-read")
       gguf_read(argv[2], argv[3]);
     else if (command == "gguf-export")
-      gguf_export(argv[2], argv[3], argv[4]);
+      gguf_export(argv[2], argv[3], argv[4], argv[5]);
     else if (command == "tokenize")
       tokenize(argv[2], argv[3], argv[4]);
     else if (command == "onnx")

@@ -14,6 +14,9 @@
 //       stored_scales.u8   the stored weight_scale bytes
 //       unpacked.f32       unpack_microscale_ref<float> of those bytes
 //       unpacked.bf16      unpack_microscale_ref<BFloat16> (uint16 bits)
+//       gguf.u8            MXFP4 only: pack_gguf_microscale_ref of the
+//                          stored bytes (ggml's block_mxfp4), and
+//       gguf_unpacked.f32  unpack_gguf_microscale_ref of those blocks
 //
 //   microscale_tool codecs IN.f32 N OUTDIR
 //     The scalar codecs of kernels/microscale_math.h on N float32 inputs and
@@ -156,6 +159,15 @@ int quant(int argc, char** argv) {
   write_file(out, "stored_scales.u8", stored);
   write_file(out, "unpacked.f32", unpacked);
   write_file(out, "unpacked.bf16", unpacked_bf16);
+  if (info->gguf_type != 0) {
+    std::vector<uint8_t> blocks(n / info->block_size * info->gguf_block_bytes);
+    pack_gguf_microscale_ref(
+        values.data(), stored.data(), n, format, blocks.data());
+    std::vector<float> gguf_unpacked(n);
+    unpack_gguf_microscale_ref(blocks.data(), n, format, gguf_unpacked.data());
+    write_file(out, "gguf.u8", blocks);
+    write_file(out, "gguf_unpacked.f32", gguf_unpacked);
+  }
   return 0;
 }
 

@@ -19,10 +19,12 @@
 #include "ops/ops.h"
 #include "qat/convert.h"
 #include "qat/export/compressed_tensors.h"
+#include "qat/export/gguf.h"
 #include "qat/export/safetensors.h"
 #include "qat/prepare.h"
 #include "tests/test_helpers.h"
 #include "trainers/models/llama.h"
+#include "trainers/models/llama_gguf.h"
 #include "trainers/models/weights.h"
 
 namespace qat::models {
@@ -434,6 +436,59 @@ TEST(CompressedTensors, ShardsWithAnIndexAndRemovesStaleShards) {
   for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
     files += entry.is_regular_file();
   EXPECT_EQ(files, 2);
+}
+
+// MXFP4 weights go to GGUF as ggml's MXFP4 blocks holding the same codes and
+// scales: qat's reader gives back what the converted model serves (gguf-py
+// and llama.cpp check the same files in python.gguf_files_conformance and
+// python.llama_cpp_conformance). What llama.cpp cannot serve as trained is
+// refused by name.
+TEST(Gguf, StoresMxfp4WeightsAndRefusesWhatLlamaCppCannotServe) {
+  qat::testing::TempDir dir;
+  const std::string path = (dir.path() / "model.gguf").string();
+  const auto prepared = [](const std::string& preset_name) {
+    torch::manual_seed(5);
+    LlamaForCausalLM lm(small(true));
+    prepare(*lm, {{QuantRule::quantize("*", preset(preset_name), "Linear")}});
+    convert(*lm);
+    return lm;
+  };
+  auto lm = prepared("mxfp4_a16");
+  const auto report = qat::models::save_llama_gguf(*lm, path, "t");
+  EXPECT_EQ(report.quantized_tensors, 14);
+  const auto file = qat::gguf::File::read(path);
+  EXPECT_EQ(
+      file.info("blk.1.ffn_down.weight").type, qat::gguf::TensorType::mxfp4);
+  const auto quantized = quantized_weights(*lm);
+  const QuantizedWeight& down = *quantized.at("model.layers.1.mlp.down_proj");
+  // ggml reads the e2m1 code of -0 as 0: + 0 makes every zero +0.
+  EXPECT_TRUE(torch::equal(
+      file.dequantize("blk.1.ffn_down.weight") + 0.0,
+      down.dequantize().view({64, 128}) + 0.0));
+  // The Q/K rows are reordered for llama.cpp's RoPE, the blocks with them.
+  const auto served = qat::models::load_llama_gguf(file);
+  const QuantizedWeight& q_proj =
+      *quantized.at("model.layers.0.self_attn.q_proj");
+  EXPECT_TRUE(torch::equal(
+      served->named_parameters()["model.layers.0.self_attn.q_proj.weight"] +
+          0.0,
+      q_proj.dequantize().view({64, 64}) + 0.0));
+
+  const auto refused = [&](const std::string& preset_name) {
+    auto model = prepared(preset_name);
+    return error_message(
+        [&] { qat::models::save_llama_gguf(*model, path, "t"); });
+  };
+  const std::string nvfp4 = refused("nvfp4_a16");
+  EXPECT_NE(nvfp4.find("model.layers.0.self_attn.q_proj"), std::string::npos)
+      << nvfp4;
+  EXPECT_NE(
+      nvfp4.find("which GGUF cannot store (ggml has no nvfp4 type"),
+      std::string::npos)
+      << nvfp4;
+  const std::string w4a4 = refused("mxfp4");
+  EXPECT_NE(w4a4.find("quantizes its inputs as"), std::string::npos) << w4a4;
+  EXPECT_NE(w4a4.find("mxfp4_a16"), std::string::npos) << w4a4;
 }
 
 TEST(CompressedTensors, RefusesWhatTheFormatCannotHoldByName) {

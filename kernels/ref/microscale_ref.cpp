@@ -1,6 +1,7 @@
 #include "kernels/ref/microscale_ref.h"
 
 #include <cassert>
+#include <cstring>
 
 namespace qat::kernels {
 namespace {
@@ -20,7 +21,9 @@ constexpr MicroscaleFormatInfo kFormats[] = {
      true,
      "weight_packed",
      "U8",
-     "F8_E4M3"},
+     "F8_E4M3",
+     0,
+     0},
     {MicroscaleFormat::mxfp4,
      "mxfp4",
      "MXFP4",
@@ -30,7 +33,9 @@ constexpr MicroscaleFormatInfo kFormats[] = {
      false,
      "weight_packed",
      "U8",
-     "U8"},
+     "U8",
+     39,
+     17},
     {MicroscaleFormat::mxfp8,
      "mxfp8",
      "MXFP8",
@@ -40,7 +45,9 @@ constexpr MicroscaleFormatInfo kFormats[] = {
      false,
      "weight",
      "F8_E4M3",
-     "U8"},
+     "U8",
+     0,
+     0},
 };
 
 // Blocks of a [rows, cols] tensor, each along a row.
@@ -216,5 +223,59 @@ template void unpack_microscale_ref<BFloat16>(
     MicroscaleFormat,
     float,
     BFloat16*);
+
+const MicroscaleFormatInfo* find_gguf_microscale_format(uint32_t ggml_type) {
+  for (const MicroscaleFormatInfo& info : kFormats)
+    if (info.gguf_type != 0 && info.gguf_type == ggml_type)
+      return &info;
+  return nullptr;
+}
+
+void pack_gguf_microscale_ref(
+    const uint8_t* values,
+    const uint8_t* stored_scales,
+    int64_t n,
+    MicroscaleFormat format,
+    uint8_t* blocks) {
+  const auto& info = microscale_format_info(format);
+  assert(info.gguf_type != 0 && n % info.block_size == 0);
+  constexpr int kHalf = 16;
+  const auto code = [&](int64_t i) {
+    return static_cast<uint8_t>((values[i / 2] >> (4 * (i & 1))) & 0xFu);
+  };
+  for (int64_t b = 0; b < n / info.block_size; ++b) {
+    uint8_t* out = blocks + b * info.gguf_block_bytes;
+    const int64_t at = b * info.block_size;
+    out[0] = stored_scales[b];
+    for (int j = 0; j < kHalf; ++j)
+      out[1 + j] =
+          static_cast<uint8_t>(code(at + j) | code(at + j + kHalf) << 4);
+  }
+}
+
+void unpack_gguf_microscale_ref(
+    const uint8_t* blocks,
+    int64_t n,
+    MicroscaleFormat format,
+    float* out) {
+  const auto& info = microscale_format_info(format);
+  assert(info.gguf_type != 0 && n % info.block_size == 0);
+  constexpr int kHalf = 16;
+  for (int64_t b = 0; b < n / info.block_size; ++b) {
+    const uint8_t* in = blocks + b * info.gguf_block_bytes;
+    // GGML_E8M0_TO_FP32_HALF: 2^(e - 128), a float32 subnormal for e < 2.
+    const uint32_t half_bits =
+        in[0] < 2 ? 0x00200000u << in[0] : uint32_t{in[0] - 1u} << 23;
+    float half_scale;
+    std::memcpy(&half_scale, &half_bits, 4);
+    float* o = out + b * info.block_size;
+    for (int j = 0; j < kHalf; ++j) {
+      // kvalues_mxfp4 (int8): e2m1 doubled, -0 as 0; the products are exact.
+      const uint8_t low = in[1 + j] & 0xFu, high = in[1 + j] >> 4;
+      o[j] = 2.0f * e2m1_value(low) * half_scale + 0.0f;
+      o[j + kHalf] = 2.0f * e2m1_value(high) * half_scale + 0.0f;
+    }
+  }
+}
 
 } // namespace qat::kernels

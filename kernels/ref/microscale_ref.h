@@ -37,6 +37,12 @@ struct MicroscaleFormatInfo {
   const char* values_tensor; // "weight_packed" or "weight"
   const char* values_dtype;  // "U8" or "F8_E4M3"
   const char* scale_dtype;   // "F8_E4M3" or "U8"
+  // GGML_TYPE_* of ggml's block type that holds these blocks exactly, 0 if
+  // none: MXFP4 is GGML_TYPE_MXFP4 (39). ggml's NVFP4 (40) has no per-tensor
+  // scale, so a block under a global scale is not one of its values; ggml
+  // has no MXFP8.
+  uint32_t gguf_type;
+  int gguf_block_bytes; // bytes of ggml's block (MXFP4: 17), 0 if none
 };
 
 // Every format, in MicroscaleFormat order.
@@ -122,5 +128,32 @@ void unpack_microscale_ref(
     MicroscaleFormat format,
     float global_scale,
     T* out);
+
+// (d) GGUF, for the formats ggml has (gguf_type != 0): ggml's block_mxfp4
+// (ggml-common.h) is {uint8 e; uint8 qs[16]}, the e8m0 exponent byte and the
+// e2m1 codes, element j's in the low nibble of qs[j] and element j + 16's in
+// its high nibble. dequantize_row_mxfp4 reads kvalues_mxfp4[code] (e2m1's
+// values doubled, code 8 = -0 read as 0) * GGML_E8M0_TO_FP32_HALF(e) =
+// 2^(e - 128), which is e2m1(code) * 2^(e - 127): what compressed-tensors'
+// decompress reads from the same code and scale byte, in float32, exactly.
+//
+// The GGUF blocks of n values (a multiple of 32) stored as pack_microscale_ref
+// stores them (values, stored_scales): the same codes and scale bytes,
+// rearranged, so that the GGUF file serves what the compressed-tensors
+// checkpoint serves.
+void pack_gguf_microscale_ref(
+    const uint8_t* values,
+    const uint8_t* stored_scales,
+    int64_t n,
+    MicroscaleFormat format,
+    uint8_t* blocks);
+// ggml's blocks back to n floats, as dequantize_row_mxfp4 computes them.
+void unpack_gguf_microscale_ref(
+    const uint8_t* blocks,
+    int64_t n,
+    MicroscaleFormat format,
+    float* out);
+// The format stored as GGML_TYPE_* `ggml_type`, or nullptr.
+const MicroscaleFormatInfo* find_gguf_microscale_format(uint32_t ggml_type);
 
 } // namespace qat::kernels

@@ -8,6 +8,7 @@
 
 #include "kernels/quant_math.h"
 #include "kernels/ref/gguf_ref.h"
+#include "kernels/ref/microscale_ref.h"
 #include "qat/export/atomic_file.h"
 
 namespace qat::gguf {
@@ -33,6 +34,12 @@ const kernels::GgufTypeInfo* block_type(TensorType t) {
   return nullptr;
 }
 
+// The microscaling format qat writes with this id
+// (kernels/ref/microscale_ref.h), or nullptr.
+const kernels::MicroscaleFormatInfo* microscale_type(TensorType t) {
+  return kernels::find_gguf_microscale_format(static_cast<uint32_t>(t));
+}
+
 bool known(TensorType t) {
   switch (t) {
     case TensorType::f32:
@@ -41,7 +48,7 @@ bool known(TensorType t) {
     case TensorType::q4_1:
       return true;
     default:
-      return block_type(t) != nullptr;
+      return block_type(t) != nullptr || microscale_type(t) != nullptr;
   }
 }
 
@@ -57,6 +64,8 @@ TypeLayout layout(TensorType t) {
     default:
       if (const auto* info = block_type(t))
         return {info->block_size, info->block_bytes};
+      if (const auto* info = microscale_type(t))
+        return {info->block_size, info->gguf_block_bytes};
   }
   throw GgufError("unknown tensor type");
 }
@@ -228,6 +237,10 @@ void dequantize_into(
       }
       return;
     default:
+      if (const auto* info = microscale_type(type)) {
+        kernels::unpack_gguf_microscale_ref(src, n, info->format, out);
+        return;
+      }
       kernels::dequantize_gguf_ref(src, n, block_type(type)->type, out);
       return;
     case TensorType::q4_1:
@@ -262,6 +275,8 @@ const char* type_name(TensorType type) {
       return "Q4_1";
     case TensorType::bf16:
       return "BF16";
+    case TensorType::mxfp4:
+      return "MXFP4";
     default:
       break;
   }

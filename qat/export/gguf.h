@@ -60,6 +60,7 @@ enum class TensorType : uint32_t {
   q5_k = 13,
   q6_k = 14,
   bf16 = 30,
+  mxfp4 = 39,
 };
 const char* type_name(TensorType type);
 // Bytes of `elements` values (a multiple of the block size for the block

@@ -90,6 +90,7 @@ const Preset kPresets[] = {
     {"nvfp4", [] { return microscale_specs(NumberFormat::nvfp4, true); }},
     {"nvfp4_a16", [] { return microscale_specs(NumberFormat::nvfp4, false); }},
     {"mxfp4", [] { return microscale_specs(NumberFormat::mxfp4, true); }},
+    {"mxfp4_a16", [] { return microscale_specs(NumberFormat::mxfp4, false); }},
     {"mxfp8", [] { return microscale_specs(NumberFormat::mxfp8, true); }},
 };
 

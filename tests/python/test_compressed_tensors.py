@@ -61,13 +61,14 @@ from transformers import (AutoModelForCausalLM, CompressedTensorsConfig, LlamaCo
                           LlamaForCausalLM)
 
 CASES = ["w8a8_dynamic", "w8a8_static", "w8a8_affine", "w4a16_g128",
-         "w4a16_g32_affine", "fp8", "nvfp4", "nvfp4_a16", "mxfp4", "mxfp8",
-         "fp8_kv", "w4a16_kv_heads", "mixed"]
+         "w4a16_g32_affine", "fp8", "nvfp4", "nvfp4_a16", "mxfp4", "mxfp4_a16",
+         "mxfp8", "fp8_kv", "w4a16_kv_heads", "mixed"]
 FORMATS = {"w8a8_dynamic": "int-quantized", "w8a8_static": "int-quantized",
            "w8a8_affine": "int-quantized", "w4a16_g128": "pack-quantized",
            "w4a16_g32_affine": "pack-quantized", "fp8": "float-quantized",
            "nvfp4": "nvfp4-pack-quantized", "nvfp4_a16": "nvfp4-pack-quantized",
-           "mxfp4": "mxfp4-pack-quantized", "mxfp8": "mxfp8-quantized",
+           "mxfp4": "mxfp4-pack-quantized", "mxfp4_a16": "mxfp4-pack-quantized",
+           "mxfp8": "mxfp8-quantized",
            "fp8_kv": "float-quantized", "w4a16_kv_heads": "pack-quantized",
            "mixed": "mixed-precision", "smollm2_w8a8": "int-quantized"}
 # Relative rms of the logit difference (over the standard deviation of

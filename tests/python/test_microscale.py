@@ -57,7 +57,9 @@ from compressed_tensors.quantization.utils.mxfp_utils import (
     generate_mx_scales,
     maybe_convert_from_mx_exp,
 )
-from conformance import report
+from conformance import ggml, ggml_quantize, report
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
 from safetensors.torch import save as safetensors_save
 
 FORMATS = {
@@ -389,6 +391,9 @@ def run_quant(tool: str, tmp: str, fmt: str, x: np.ndarray, given=None) -> dict:
         "stored_scales": read("stored_scales.u8", np.uint8),
         "unpacked": read("unpacked.f32", "<f4").reshape(x.shape),
         "unpacked_bf16": read("unpacked.bf16", "<u2").reshape(x.shape),
+        **({"gguf": read("gguf.u8", np.uint8).reshape(-1, 17),
+            "gguf_unpacked": read("gguf_unpacked.f32", "<f4").reshape(x.shape)}
+           if fmt == "mxfp4" else {}),
     }
 
 
@@ -510,17 +515,77 @@ def compare_codecs(checks: Checks, tool: str, tmp: str, rng):
     checks.equal(case, "NVFP4 global scale vs generate_gparam(0, amax)", global_scale[keep], want)
 
 
+# --------------------------------------------------------------------------------------------
+# GGUF MXFP4: the same blocks for llama.cpp
+# --------------------------------------------------------------------------------------------
+
+def gguf_codes(blocks: np.ndarray) -> np.ndarray:
+    """The e2m1 codes of ggml's block_mxfp4 rows in element order: element j in the low nibble
+    of qs[j], element j + 16 in its high nibble; -0 (code 8) read as 0, as ggml reads it."""
+    qs = blocks[:, 1:]
+    codes = np.concatenate([qs & 0xF, qs >> 4], axis=1)
+    return np.where(codes == 8, 0, codes)
+
+
+def compare_gguf_mxfp4(checks: Checks, case: str, x: np.ndarray, ours: dict, lib, stats: dict):
+    """qat's GGUF MXFP4 blocks (the stored codes and scale bytes, rearranged into ggml's
+    block_mxfp4) against gguf-py's dequantize, and qat's scale rule (compressed-tensors')
+    against llama.cpp's own MXFP4 quantizer, on where and why they differ."""
+    blocks = ours["gguf"]
+    theirs = gguf_dequantize(blocks, GGMLQuantizationType.MXFP4).reshape(-1)
+    # What compressed-tensors' decompress reads in float32; ggml has no -0.
+    checks.equal(case, "GGUF MXFP4: gguf-py reads the compressed-tensors weight (zeros unsigned)",
+                 theirs + F32(0), ours["unpacked"].reshape(-1) + F32(0))
+    checks.equal(case, "GGUF MXFP4: qat's reader is gguf-py's", ours["gguf_unpacked"], theirs)
+    if not np.isfinite(x).all():
+        return
+    # llama.cpp's quantize_row_mxfp4_ref: e = floor(log2f(amax)) - 2 + 127 (OCP's rule),
+    # codes by nearest value, ties to the smaller magnitude. compressed-tensors rounds amax to a
+    # power of two first, up from 1.75 * 2^e, and its e2m1 ties go to even. So the scale bytes
+    # are equal below 1.75, one higher in qat's from 1.75 (unless log2f itself rounds up, just
+    # below a power of two); under equal scales the codes are equal but at exact ties.
+    ggml_blocks = ggml_quantize(lib, x, GGMLQuantizationType.MXFP4).reshape(-1, 17)
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1)
+    e_ours, e_ggml = blocks[:, 0].astype(int), ggml_blocks[:, 0].astype(int)
+    # ggml's byte wraps below amax 2^-125; compressed-tensors' scale is inf from 1.75 * 2^127
+    # (code 255, stored as the byte 127).
+    usable = (amax >= F32(2.0 ** -125)) & (ours["scales"].reshape(-1) < 255)
+    high = (amax.view(np.uint32) & 0x7FFFFF) >= 0x600000
+    equal = e_ours == e_ggml
+    checks.equal(case, "llama.cpp MXFP4: qat's scale byte where amax's mantissa is below 1.75",
+                 equal[usable & ~high], np.ones((usable & ~high).sum(), bool), "exact")
+    checks.equal(case, "llama.cpp MXFP4: qat's scale byte is one higher where they differ",
+                 (high & (e_ours == e_ggml + 1))[usable & ~equal],
+                 np.ones((usable & ~equal).sum(), bool), "exact")
+    same = usable & equal
+    ours_codes, ggml_codes = gguf_codes(blocks[same]), gguf_codes(ggml_blocks[same])
+    differ = ours_codes != ggml_codes
+    y = np.abs(np.ldexp(x.reshape(-1, 32)[same].astype(np.float64), 127 - e_ours[same, None]))
+    tie = np.isin(y, E2M1_TIES.astype(np.float64))
+    smaller = E2M1_GRID[ggml_codes & 7] < E2M1_GRID[ours_codes & 7]
+    checks.equal(case, "llama.cpp MXFP4: under the same scale, codes differ only at ties, "
+                 "where llama.cpp's magnitude is the smaller", (tie & smaller)[differ],
+                 np.ones(int(differ.sum()), bool), "exact")
+    stats["blocks"] += int(usable.sum())
+    stats["other_scale"] += int((usable & ~equal).sum())
+    stats["ties"] += int(differ.sum())
+
+
 def main(tool: str) -> int:
     start = time.time()
     np.seterr(all="ignore")
     checks = Checks()
     rng = np.random.default_rng(0)
+    lib, mxfp4_stats = ggml(), {"blocks": 0, "other_scale": 0, "ties": 0}
     with tempfile.TemporaryDirectory() as tmp:
         compare_codecs(checks, tool, tmp, rng)
         cases = 0
         for fmt in FORMATS:
             for name, x in inputs(fmt).items():
-                compare_case(checks, f"{fmt} {name}", fmt, x, run_quant(tool, tmp, fmt, x))
+                ours = run_quant(tool, tmp, fmt, x)
+                compare_case(checks, f"{fmt} {name}", fmt, x, ours)
+                if fmt == "mxfp4":
+                    compare_gguf_mxfp4(checks, f"{fmt} {name}", x, ours, lib, mxfp4_stats)
                 cases += 1
             for name, (x, given) in given_scales(rng, tool, tmp, fmt).items():
                 compare_case(checks, f"{fmt} {name}", fmt, x, run_quant(tool, tmp, fmt, x, given),
@@ -528,6 +593,9 @@ def main(tool: str) -> int:
                 cases += 1
     print(f"{cases} tensors in 3 formats and the codecs: {checks.values} values compared "
           f"in {time.time() - start:.1f} s")
+    print(f"GGUF MXFP4 against llama.cpp's own quantizer: {mxfp4_stats['blocks']} blocks, "
+          f"{mxfp4_stats['other_scale']} with llama.cpp's scale one lower (amax's mantissa from "
+          f"1.75), {mxfp4_stats['ties']} codes that differ at ties under the same scale")
     return report(checks.count, checks.failures)
 
 

@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "kernels/ref/gguf_ref.h"
+#include "kernels/ref/microscale_ref.h"
 #include "qat/convert.h"
 #include "qat/modules/layer_specs.h"
 #include "trainers/models/gguf_mix.h"
@@ -170,6 +171,63 @@ LlamaForCausalLM load_llama_gguf(const gguf::File& f) {
   return model;
 }
 
+namespace {
+
+// The GGUF type and stored blocks of a converted weight: a gguf_* spec's are
+// ggml's blocks already; a microscaling one's (MXFP4) are the
+// compressed-tensors codes and scale bytes convert stored, rearranged into
+// ggml's blocks (kernels/ref/microscale_ref.h).
+std::pair<gguf::TensorType, torch::Tensor> gguf_blocks(
+    const std::string& layer,
+    const QuantizedWeight& q) {
+  if (const char* rule = q.spec.gguf_name()) {
+    return {
+        static_cast<gguf::TensorType>(kernels::find_gguf_type(rule)->ggml_id),
+        q.data};
+  }
+  const kernels::MicroscaleFormatInfo* info = q.spec.microscale_info();
+  if (!info || info->gguf_type == 0) {
+    throw gguf::GgufError(
+        "save_llama_gguf: " + layer + " is quantized as " + q.spec.to_string() +
+        ", which GGUF cannot store" +
+        (info ? std::string(" (ggml has no ") + info->name +
+                 " type without a per-tensor scale)"
+              : std::string()) +
+        "; use a gguf_* scheme (q8_0, q4_0, q5_0, q5_1, q4_k, q5_k, q6_k) or mxfp4_a16");
+  }
+  const int64_t n = c10::multiply_integers(q.shape);
+  auto blocks = torch::empty(
+      {n / info->block_size * info->gguf_block_bytes}, torch::kByte);
+  const auto values = q.data.contiguous(), scales = q.scale.contiguous();
+  kernels::pack_gguf_microscale_ref(
+      values.const_data_ptr<uint8_t>(),
+      scales.const_data_ptr<uint8_t>(),
+      n,
+      info->format,
+      blocks.mutable_data_ptr<uint8_t>());
+  return {static_cast<gguf::TensorType>(info->gguf_type), blocks};
+}
+
+// llama.cpp rounds a layer's inputs itself (to Q8_0 blocks, for the block
+// types' dot products), so a layer that trained with its inputs in a
+// microscaling format would not be served as it trained.
+void check_served_inputs(torch::nn::Module& model) {
+  for (const auto& [name, layer] : quantized_layers(model)) {
+    const FakeQuantizer& input = layer->quantizers.input;
+    if (!input.is_empty() && input->fake_quant_enabled() &&
+        input->options().spec().is_microscale()) {
+      throw gguf::GgufError(
+          "save_llama_gguf: " + name + " quantizes its inputs as " +
+          input->options().spec().to_string() +
+          ", which llama.cpp does not do (it rounds activations to Q8_0 "
+          "itself); train a weight-only scheme such as mxfp4_a16 for a GGUF "
+          "export");
+    }
+  }
+}
+
+} // namespace
+
 GgufExportReport save_llama_gguf(
     LlamaForCausalLMImpl& model,
     const std::string& path,
@@ -219,6 +277,7 @@ GgufExportReport save_llama_gguf(
   for (const auto& [key, value] : tokenizer)
     w.set(key, value);
 
+  check_served_inputs(model);
   const auto quantized = quantized_weights(model);
   GgufExportReport report;
   for (const auto& p : model.named_parameters()) {
@@ -235,22 +294,11 @@ GgufExportReport save_llama_gguf(
     const auto it = quantized.find(layer);
     if (it != quantized.end() && p.key().size() > 7 &&
         p.key().compare(p.key().size() - 7, 7, ".weight") == 0) {
-      const QuantizedWeight& q = *it->second;
-      const char* rule = q.spec.gguf_name();
-      if (!rule) {
-        throw gguf::GgufError(
-            "save_llama_gguf: " + layer + " is quantized as " +
-            q.spec.to_string() +
-            ", which GGUF cannot store; use a gguf_* scheme (q8_0, q4_0, q5_0, q5_1, q4_k, q5_k, q6_k)");
-      }
-      auto rows = q.data.reshape({shape[0], -1});
+      const auto [type, blocks] = gguf_blocks(layer, *it->second);
+      auto rows = blocks.reshape({shape[0], -1});
       if (heads)
         rows = to_llama_cpp_rows(rows, heads);
-      w.add_tensor(
-          gguf_name,
-          static_cast<gguf::TensorType>(kernels::find_gguf_type(rule)->ggml_id),
-          shape,
-          rows);
+      w.add_tensor(gguf_name, type, shape, rows);
       ++report.quantized_tensors;
       continue;
     }
