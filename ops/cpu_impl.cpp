@@ -98,6 +98,20 @@ struct Cpu {
     });
   }
 
+  static void gguf_representation_grad(
+      const float* x,
+      const float* dy,
+      const uint8_t* representations,
+      kernels::GgufType type,
+      int64_t blocks,
+      float* grad_d,
+      float* grad_dmin) {
+    at::parallel_for(0, blocks, 64, [&](int64_t begin, int64_t end) {
+      kernels::gguf_representation_grad_ref(
+          x, dy, representations, type, begin, end, grad_d, grad_dmin);
+    });
+  }
+
   static float microscale_global_scale(const float* x, int64_t n) {
     // A maximum of magnitudes, NaN winning: the same for any split.
     const auto larger = [](float a, float b) {

@@ -83,6 +83,17 @@ struct Cuda {
     refuse_kquant(type);
   }
 
+  static void gguf_representation_grad(
+      const float*,
+      const float*,
+      const uint8_t*,
+      kernels::GgufType type,
+      int64_t,
+      float*,
+      float*) {
+    refuse_kquant(type);
+  }
+
   static float microscale_global_scale(const float* x, int64_t n) {
     const auto stream = at::cuda::getCurrentCUDAStream();
     at::Tensor bits =

@@ -18,6 +18,10 @@
 //     template <class T> static void gguf_fixed(const T* x, T* y, uint8_t* mask,
 //                                               const uint8_t* representations,
 //                                               GgufType, int64_t blocks);
+//     static void gguf_representation_grad(const float* x, const float* dy,
+//                                          const uint8_t* representations,
+//                                          GgufType, int64_t blocks,
+//                                          float* grad_d, float* grad_dmin);
 //     // NVFP4's global scale of n values; the microscaling fake-quant of
 //     // `blocks` consecutive blocks under it (ignored by the MX formats).
 //     static float microscale_global_scale(const float* x, int64_t n);
@@ -186,6 +190,41 @@ struct FakeQuantOps {
       const at::Tensor& representations,
       c10::string_view type) {
     return gguf_fixed_forward(input, representations, type, true);
+  }
+
+  // Learned K-quants: the gradients for each super-block's halves.
+  static std::tuple<at::Tensor, at::Tensor> gguf_representation_backward(
+      const at::Tensor& grad,
+      const at::Tensor& input,
+      const at::Tensor& representations,
+      c10::string_view type) {
+    constexpr std::string_view op = "qat::gguf_representation_backward";
+    const kernels::GgufType gguf = parse_kquant_type(op, type);
+    check_gguf_input(op, input, gguf);
+    check_representations(op, input, representations, gguf);
+    TORCH_CHECK(
+        grad.sizes() == input.sizes(),
+        op,
+        ": grad must have the input's shape ",
+        input.sizes(),
+        ", got ",
+        grad.sizes());
+    const typename Device::Guard guard(input.device());
+    const at::Tensor x = input.contiguous().to(at::kFloat);
+    const at::Tensor dy = grad.contiguous().to(at::kFloat);
+    const at::Tensor reps = representations.contiguous();
+    const auto shape = reps.sizes().slice(0, reps.dim() - 1);
+    at::Tensor grad_d = at::empty(shape, x.options());
+    at::Tensor grad_dmin = at::empty(shape, x.options());
+    Device::gguf_representation_grad(
+        data_as<float>(x),
+        data_as<float>(dy),
+        data_as<uint8_t>(reps),
+        gguf,
+        grad_d.numel(),
+        data_as<float>(grad_d),
+        data_as<float>(grad_dmin));
+    return {grad_d, grad_dmin};
   }
 
   static at::Tensor gguf(const at::Tensor& input, c10::string_view type) {
@@ -407,6 +446,7 @@ struct FakeQuantOps {
     m.impl("gguf_search", gguf_search);
     m.impl("fake_quant_gguf_fixed", gguf_fixed);
     m.impl("fake_quant_gguf_fixed_cachemask", gguf_fixed_cachemask);
+    m.impl("gguf_representation_backward", gguf_representation_backward);
     m.impl("fake_quant_microscale", microscale);
     m.impl("fake_quant_microscale_cachemask", microscale_cachemask);
     m.impl("mask_backward", mask_backward);

@@ -136,6 +136,41 @@ std::tuple<Tensor, Tensor> fake_quant_gguf_fixed_cachemask(
       input, representations, c10::string_view(type.data(), type.size()));
 }
 
+Tensor fake_quant_gguf_learned(
+    const Tensor& input,
+    const Tensor& representations,
+    const Tensor& d,
+    const Tensor& dmin,
+    std::string_view type,
+    double grad_factor) {
+  static const auto op = typed_op<Tensor(
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      const Tensor&,
+      c10::string_view,
+      double)>("qat::fake_quant_gguf_learned");
+  return op.call(
+      input,
+      representations,
+      d,
+      dmin,
+      c10::string_view(type.data(), type.size()),
+      grad_factor);
+}
+
+std::tuple<Tensor, Tensor> gguf_representation_backward(
+    const Tensor& grad,
+    const Tensor& input,
+    const Tensor& representations,
+    std::string_view type) {
+  static const auto op = typed_op<std::tuple<Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, c10::string_view)>(
+      "qat::gguf_representation_backward");
+  return op.call(
+      grad, input, representations, c10::string_view(type.data(), type.size()));
+}
+
 Tensor fake_quant_microscale(
     const Tensor& input,
     std::string_view format,

@@ -85,6 +85,42 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask(
     const at::Tensor& representations,
     std::string_view type);
 
+// Learned K-quant representations (LSQ-style): each super-block's halves d
+// and dmin are learned as floats, shaped as the representations without
+// their last dimension (dmin is unused by q6_k, which has none), while the
+// sub-block scales and mins stay as gguf_search found them.
+//   gguf_representation_halves  a representation's halves, as floats;
+//   gguf_with_halves            the representations with d and dmin, rounded
+//                               to half (to nearest even), put in;
+//   fake_quant_gguf_learned     fake_quant_gguf_fixed under gguf_with_halves,
+//                               differentiable in the input (straight
+//                               through), d and dmin (LSQ's gradient, times
+//                               grad_factor; straight through the rounding
+//                               to half);
+//   gguf_representation_backward  the unscaled gradients for d and dmin.
+// The derivation is at kernels/ref/gguf_kquant_ref.h's
+// kquant_representation_grad. CPU only, as the K-quants are.
+std::tuple<at::Tensor, at::Tensor> gguf_representation_halves(
+    const at::Tensor& representations,
+    std::string_view type);
+at::Tensor gguf_with_halves(
+    const at::Tensor& representations,
+    const at::Tensor& d,
+    const at::Tensor& dmin,
+    std::string_view type);
+at::Tensor fake_quant_gguf_learned(
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    const at::Tensor& d,
+    const at::Tensor& dmin,
+    std::string_view type,
+    double grad_factor);
+std::tuple<at::Tensor, at::Tensor> gguf_representation_backward(
+    const at::Tensor& grad,
+    const at::Tensor& input,
+    const at::Tensor& representations,
+    std::string_view type);
+
 // Microscaling fake-quant ("nvfp4", "mxfp4", "mxfp8"; kernels/microscale_math.h):
 // blocks of 16 (NVFP4) or 32 along the last dimension, each block's scale
 // computed from it as compressed-tensors' calculate_qparams does, the values

@@ -492,6 +492,16 @@ std::tuple<at::Tensor, at::Tensor> fake_quant_gguf_fixed_cachemask_meta(
     c10::string_view) {
   return with_mask_meta(input);
 }
+std::tuple<at::Tensor, at::Tensor> gguf_representation_backward_meta(
+    const at::Tensor&,
+    const at::Tensor&,
+    const at::Tensor& representations,
+    c10::string_view) {
+  const auto shape = representations.sizes().slice(
+      0, std::max<int64_t>(representations.dim() - 1, 0));
+  const auto options = representations.options().dtype(at::kFloat);
+  return {at::empty(shape, options), at::empty(shape, options)};
+}
 at::Tensor fake_quant_microscale_meta(
     const at::Tensor& input,
     c10::string_view,
@@ -563,6 +573,14 @@ TORCH_LIBRARY(qat, m) {
       "fake_quant_gguf_fixed(Tensor input, Tensor representations, str type) -> Tensor");
   m.def(
       "fake_quant_gguf_fixed_cachemask(Tensor input, Tensor representations, str type) -> (Tensor output, Tensor mask)");
+  // K-quants with learned halves d and dmin (float, a representation each):
+  // LSQ's gradient for them, straight through for the input.
+  m.def(
+      "fake_quant_gguf_learned(Tensor input, Tensor representations, Tensor d, Tensor dmin, "
+      "str type, float grad_factor) -> Tensor");
+  m.def(
+      "gguf_representation_backward(Tensor grad, Tensor input, Tensor representations, str type) "
+      "-> (Tensor grad_d, Tensor grad_dmin)");
   // Microscaling formats (NVFP4, MXFP4, MXFP8): dynamic block scales, NVFP4's
   // global scale given or computed, straight-through gradient.
   m.def(
@@ -591,6 +609,7 @@ TORCH_LIBRARY_IMPL(qat, Meta, m) {
   m.impl(
       "fake_quant_gguf_fixed_cachemask", fake_quant_gguf_fixed_cachemask_meta);
   m.impl("fake_quant_gguf_cachemask", fake_quant_gguf_cachemask_meta);
+  m.impl("gguf_representation_backward", gguf_representation_backward_meta);
   m.impl("fake_quant_microscale", fake_quant_microscale_meta);
   m.impl(
       "fake_quant_microscale_cachemask", fake_quant_microscale_cachemask_meta);

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "kernels/ref/gguf_kquant_ref.h"
+#include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
 
 namespace qat {
@@ -18,6 +20,11 @@ void check_estimator(const QuantSpec& spec, Estimator estimator) {
   };
   if (estimator == Estimator::ste)
     return;
+  if (spec.is_gguf_kquant() && estimator != Estimator::lsq) {
+    fail(
+        "a K-quant learns its own representation (the super-block halves d "
+        "and dmin) with lsq; its mins are those, so use lsq or ste");
+  }
   if (spec.is_fp8() || spec.is_microscale())
     fail("learned estimators are for integer formats; use ste for FP8");
   if (spec.dynamic())
@@ -62,7 +69,9 @@ void FakeQuantizerImpl::reset() {
   check_estimator(spec, options_.estimator());
   observer_ = register_module("observer", Observer(spec, options_.observer()));
   const Estimator e = options_.estimator();
-  const bool learned = e == Estimator::lsq || e == Estimator::lsq_plus;
+  // A K-quant learns its halves instead of a scale.
+  const bool learned = !spec.is_gguf_kquant() &&
+      (e == Estimator::lsq || e == Estimator::lsq_plus);
   const auto zp_dtype = learned ? torch::kFloat : torch::kInt;
   // Scale and zero point take their real shape at the first observation.
   scale_ = learned ? register_parameter("scale", torch::ones({1}))
@@ -77,6 +86,12 @@ void FakeQuantizerImpl::reset() {
   if (spec.is_gguf_kquant()) {
     gguf_representation_ = register_buffer(
         "gguf_representation", torch::empty({0}, torch::kUInt8));
+    if (e == Estimator::lsq) {
+      // Shaped at the first search.
+      gguf_d_ = register_parameter("gguf_d", torch::empty({0}));
+      if (kernels::find_gguf_type(spec.gguf_name())->has_minimum)
+        gguf_dmin_ = register_parameter("gguf_dmin", torch::empty({0}));
+    }
   }
   observer_on_ =
       register_buffer("observer_enabled", torch::ones({1}, torch::kUInt8));
@@ -177,21 +192,61 @@ torch::Tensor FakeQuantizerImpl::quantize(
   throw std::logic_error("unknown estimator");
 }
 
+bool FakeQuantizerImpl::learns_gguf_halves() const {
+  return gguf_d_.defined();
+}
+
+torch::Tensor FakeQuantizerImpl::gguf_representation() const {
+  if (!learns_gguf_halves() || gguf_representation_.numel() == 0)
+    return gguf_representation_;
+  torch::NoGradGuard no_grad;
+  return ops::gguf_with_halves(
+      gguf_representation_,
+      gguf_d_,
+      gguf_dmin_.defined() ? gguf_dmin_ : torch::zeros_like(gguf_d_),
+      options_.spec().gguf_name());
+}
+
+torch::Tensor FakeQuantizerImpl::gguf_forward(const torch::Tensor& x) {
+  const char* type = options_.spec().gguf_name();
+  // ggml's search is the observer: the representation follows the input
+  // while observing, and stays as it is while not (QAT then trains the
+  // weights against fixed scales and mins, or learns the halves, and the
+  // export stores them).
+  if (observer_enabled() || gguf_representation_.numel() == 0) {
+    torch::NoGradGuard no_grad;
+    gguf_representation_.set_data(ops::gguf_search(x, type));
+    if (learns_gguf_halves()) {
+      auto [d, dmin] =
+          ops::gguf_representation_halves(gguf_representation_, type);
+      gguf_d_.set_data(d);
+      if (gguf_dmin_.defined())
+        gguf_dmin_.set_data(dmin);
+    }
+  }
+  if (!fake_quant_enabled())
+    return x;
+  if (!learns_gguf_halves())
+    return ops::fake_quant_gguf_fixed(x, gguf_representation_, type);
+  // LSQ's g = 1 / sqrt(values per scale * qmax), Q6_K's codes -32..31.
+  const auto& info = *kernels::find_gguf_type(type);
+  const int max_code =
+      info.type == kernels::GgufType::q6_k ? 31 : (1 << info.bits) - 1;
+  const double grad_factor = 1.0 /
+      std::sqrt(static_cast<double>(kernels::kKQuantBlockSize * max_code));
+  return ops::fake_quant_gguf_learned(
+      x,
+      gguf_representation_,
+      gguf_d_,
+      gguf_dmin_.defined() ? gguf_dmin_ : torch::zeros_like(gguf_d_),
+      type,
+      grad_factor);
+}
+
 torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
   const QuantSpec& spec = options_.spec();
-  if (spec.is_gguf_kquant()) {
-    // ggml's search is the observer: the representation follows the input
-    // while observing, and stays as it is while not (QAT then trains the
-    // weights against fixed scales and mins, and the export stores them).
-    if (observer_enabled() || gguf_representation_.numel() == 0) {
-      torch::NoGradGuard no_grad;
-      gguf_representation_.set_data(ops::gguf_search(x, spec.gguf_name()));
-    }
-    if (!fake_quant_enabled())
-      return x;
-    return ops::fake_quant_gguf_fixed(
-        x, gguf_representation_, spec.gguf_name());
-  }
+  if (spec.is_gguf_kquant())
+    return gguf_forward(x);
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;

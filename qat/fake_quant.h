@@ -25,6 +25,14 @@
 //           qmax code, whose real value moves by -s per unit of zp:
 //             dx'/dzp = 0 inside the range, -s outside it   (scaled by g too)
 //
+//           On a GGUF K-quant (q4_k, q5_k, q6_k) lsq learns the format's own
+//           representation: each super-block's halves d and dmin are
+//           parameters, initialised from ggml's search, while its integer
+//           sub-block scales and mins stay as the search chose them; the
+//           gradients are LSQ's for x' = d sc q - dmin m (derived at
+//           kernels/ref/gguf_kquant_ref.h's kquant_representation_grad),
+//           g = 1 / sqrt(256 * qmax), straight through the rounding to half.
+//
 // pact      PACT (Choi et al. 2018): a learnable clipping level alpha;
 //           y = fq(clip(x)), clipping to [0, alpha] (unsigned) or
 //           [-alpha, alpha] (signed), with scale alpha / qmax. The quantizer
@@ -88,9 +96,16 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   // GGUF K-quants: each super-block's representation (its half d, dmin and
   // sub-block scales and mins, as ggml stores them), found by ggml's search
   // while the observer is on (and on the first forward), kept while it is
-  // off; empty before that and for every other spec.
-  const torch::Tensor& gguf_representation() const {
-    return gguf_representation_;
+  // off, with the learned halves put in (lsq); empty before that and for
+  // every other spec.
+  torch::Tensor gguf_representation() const;
+  // lsq on a K-quant: the learned halves, float [..., n / 256] (dmin: none
+  // for q6_k, an undefined tensor).
+  const torch::Tensor& gguf_d() const {
+    return gguf_d_;
+  }
+  const torch::Tensor& gguf_dmin() const {
+    return gguf_dmin_;
   }
   // The learnable quantizer parameters (scale, zero point, alpha), for their
   // own optimizer group.
@@ -114,7 +129,11 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
 
   FakeQuantizerOptions options_;
   Observer observer_{nullptr};
+  bool learns_gguf_halves() const;
+  torch::Tensor gguf_forward(const torch::Tensor& x);
+
   torch::Tensor scale_, zero_point_, pact_alpha_, gguf_representation_;
+  torch::Tensor gguf_d_, gguf_dmin_;
   torch::Tensor observer_on_,
       fake_quant_on_; // uint8 [1] buffers, saved with the model
   BufferValue<uint8_t> observer_on_value_, fake_quant_on_value_;

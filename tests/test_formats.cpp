@@ -8,10 +8,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstring>
 #include <functional>
 #include <random>
 
 #include "kernels/quant_math.h"
+#include "kernels/ref/gguf_kquant_ref.h"
+#include "kernels/ref/gguf_ref.h"
 #include "kernels/ref/microscale_ref.h"
 #include "ops/ops.h"
 #include "qat/fake_quant.h"
@@ -278,6 +281,173 @@ TEST(Gguf, KQuantRepresentationIsSearchedOnceAndKept) {
   const auto meta = ops::gguf_search(
       torch::empty({3, 768}, torch::device(torch::kMeta)), "q6_k");
   EXPECT_EQ(meta.sizes(), (std::vector<int64_t>{3, 3, 18}));
+}
+
+// LSQ's gradients for a K-quant's halves, from the format's own decode:
+// x' = D sc q - Dmin m, with D = half(d), Dmin = half(dmin); in range
+// dx'/dd = sc (q - u), u = (x + Dmin m) / (D sc), and dx'/ddmin = 0;
+// clipped, sc q and -m (Q6_K: sc (q - 32 - x / (D sc)), sc (q - 32)). The
+// codes are read back from the forward's output, and each super-block's sum
+// is taken in double in another order than the kernel's.
+std::pair<std::vector<double>, std::vector<double>> lsq_halves_reference(
+    const torch::Tensor& x,
+    const torch::Tensor& y,
+    const torch::Tensor& mask,
+    const torch::Tensor& dy,
+    const torch::Tensor& representations,
+    const char* type) {
+  const auto& info = *kernels::find_gguf_type(type);
+  const auto k = info.type == kernels::GgufType::q4_k
+      ? kernels::KQuantType::q4_k
+      : info.type == kernels::GgufType::q5_k ? kernels::KQuantType::q5_k
+                                             : kernels::KQuantType::q6_k;
+  const bool q6 = k == kernels::KQuantType::q6_k;
+  const auto reps = representations.contiguous();
+  const int64_t blocks = reps.numel() / info.representation_bytes;
+  const float* xs = x.const_data_ptr<float>();
+  const float* ys = y.const_data_ptr<float>();
+  const float* gs = dy.const_data_ptr<float>();
+  const auto mask_bytes = mask.to(torch::kUInt8).contiguous();
+  const uint8_t* ms = mask_bytes.const_data_ptr<uint8_t>();
+  std::vector<double> grad_d(blocks, 0.0), grad_dmin(blocks, 0.0);
+  const int size = kernels::kquant_sub_block_size(k);
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::vector<uint8_t> block(info.block_bytes, 0);
+    std::memcpy(
+        block.data() + info.representation_offset,
+        reps.const_data_ptr<uint8_t>() + b * info.representation_bytes,
+        info.representation_bytes);
+    kernels::KQuantRepresentation rep;
+    uint8_t unused[kernels::kKQuantBlockSize];
+    kernels::kquant_unpack(k, block.data(), rep, unused);
+    const float D = kernels::half_bits_to_float(rep.d_bits);
+    const float Dmin = kernels::half_bits_to_float(rep.dmin_bits);
+    for (int i = kernels::kKQuantBlockSize - 1; i >= 0; --i) {
+      const int64_t at = b * kernels::kKQuantBlockSize + i;
+      const int s = i / size;
+      const double sc =
+          q6 ? rep.scales[s] : static_cast<uint8_t>(rep.scales[s]);
+      const double m = q6 ? 0.0 : rep.mins[s];
+      const float scale = D * static_cast<float>(sc);
+      const float min = Dmin * static_cast<float>(m);
+      if (scale == 0.0f) {
+        grad_dmin[b] -= gs[at] * m;
+        continue;
+      }
+      const double q =
+          std::nearbyint((static_cast<double>(ys[at]) + min) / scale);
+      if (ms[at]) {
+        const double u = (static_cast<double>(xs[at]) + min) / scale;
+        grad_d[b] += gs[at] * sc * (q - u);
+      } else {
+        grad_d[b] += gs[at] * sc * q;
+        grad_dmin[b] -= gs[at] * m;
+      }
+    }
+  }
+  return {grad_d, grad_dmin};
+}
+
+TEST(Gguf, LearnedKQuantHalvesGetLsqGradients) {
+  torch::manual_seed(12);
+  const auto w = torch::randn({4, 512}) * 0.05;
+  for (const char* type : {"q4_k", "q5_k", "q6_k"}) {
+    const auto reps = ops::gguf_search(w, type);
+    const auto [d0, dmin0] = ops::gguf_representation_halves(reps, type);
+    EXPECT_EQ(d0.sizes(), (std::vector<int64_t>{4, 2})) << type;
+    // (Q6_K's d is negative: ggml's make_qx_quants divides by -128.)
+    EXPECT_GT(d0.abs().min().item<float>(), 0.0f) << type;
+    // The searched halves give the fixed forward.
+    const auto x = w + 0.03 * torch::randn_like(w);
+    EXPECT_TRUE(torch::equal(
+        ops::fake_quant_gguf_learned(x, reps, d0, dmin0, type, 1.0),
+        ops::fake_quant_gguf_fixed(x, reps, type)))
+        << type;
+    // Moved halves off the half grid: the forward rounds them to half.
+    const auto d = (d0 * 1.013 + 1e-6).requires_grad_();
+    const auto dmin = (dmin0 * 0.987).requires_grad_();
+    const auto learned = ops::gguf_with_halves(reps, d, dmin, type);
+    const auto [d_half, dmin_half] =
+        ops::gguf_representation_halves(learned, type);
+    EXPECT_TRUE(
+        torch::equal(d_half, d.detach().to(torch::kHalf).to(torch::kFloat)))
+        << type;
+    if (std::string(type) != "q6_k") {
+      EXPECT_TRUE(torch::equal(
+          dmin_half, dmin.detach().to(torch::kHalf).to(torch::kFloat)))
+          << type;
+    }
+    const auto input = x.clone().requires_grad_();
+    const auto y =
+        ops::fake_quant_gguf_learned(input, reps, d, dmin, type, 0.5);
+    const auto [fixed, mask] =
+        ops::fake_quant_gguf_fixed_cachemask(x, learned, type);
+    EXPECT_TRUE(torch::equal(y, fixed)) << type;
+    EXPECT_GT((mask == 0).sum().item<int64_t>(), 0)
+        << type << ": nothing clips";
+    const auto dy = torch::rand_like(x) + 0.5;
+    y.backward(dy);
+    EXPECT_TRUE(torch::equal(input.grad(), dy * mask.to(torch::kFloat)))
+        << type;
+    const auto [ref_d, ref_dmin] =
+        lsq_halves_reference(x, fixed, mask, dy, learned, type);
+    const auto gd = d.grad().contiguous(), gdmin = dmin.grad().contiguous();
+    for (int64_t b = 0; b < d.numel(); ++b) {
+      // Sums of 256 terms of at most 63 * |q - u| <= 63 * 64 in magnitude:
+      // float rounding of the kernel's result dominates.
+      EXPECT_NEAR(
+          gd.const_data_ptr<float>()[b],
+          0.5 * ref_d[b],
+          1e-6 * std::abs(ref_d[b]) + 1e-4)
+          << type << " block " << b;
+      EXPECT_NEAR(
+          gdmin.const_data_ptr<float>()[b],
+          0.5 * ref_dmin[b],
+          1e-6 * std::abs(ref_dmin[b]) + 1e-4)
+          << type << " block " << b;
+    }
+    EXPECT_NE(gd.abs().sum().item<float>(), 0.0f) << type;
+  }
+}
+
+// lsq on a K-quant learns its halves: initialised from the search, moved by
+// training, and what the converted layer serves is what the last forward
+// computed, bit for bit.
+TEST(Gguf, LearnedKQuantHalvesTrainAndConvertExactly) {
+  torch::manual_seed(13);
+  const auto x = torch::randn({16, 512});
+  for (const char* name : {"gguf_q4_k", "gguf_q6_k"}) {
+    torch::nn::Linear fc(512, 8);
+    LayerQuantSpecs specs = preset(name);
+    specs.weight->estimator(Estimator::lsq);
+    auto layer = QuantLinear::from_float(fc, specs);
+    const auto target = fc(x).detach() * 1.1;
+    layer(x); // the search
+    auto& fq = *layer->quantizers.weight;
+    const auto d0 = fq.gguf_d().clone();
+    const auto [searched_d, searched_dmin] = ops::gguf_representation_halves(
+        fq.gguf_representation(), std::string(name).substr(5));
+    EXPECT_TRUE(torch::equal(d0, searched_d)) << name;
+    EXPECT_EQ(fq.gguf_dmin().defined(), std::string(name) == "gguf_q4_k");
+    fq.enable_observer(false);
+    torch::optim::SGD optimizer(fq.quantizer_parameters(), 1e-3);
+    for (int step = 0; step < 5; ++step) {
+      optimizer.zero_grad();
+      torch::mse_loss(layer(x), target).backward();
+      optimizer.step();
+    }
+    EXPECT_FALSE(torch::equal(fq.gguf_d(), d0)) << name << ": d did not move";
+    const auto trained = layer(x).detach();
+    layer->convert_weight();
+    EXPECT_TRUE(bitwise_equal(layer(x), trained)) << name;
+  }
+  auto plus = preset("gguf_q4_k");
+  plus.weight->estimator(Estimator::lsq_plus);
+  torch::nn::Linear fc(512, 8);
+  const std::string message =
+      testing::error_message([&] { QuantLinear::from_float(fc, plus); });
+  EXPECT_NE(message.find("learns its own representation"), std::string::npos)
+      << message;
 }
 
 TEST(Gguf, BadArgumentsGiveClearErrors) {

@@ -129,6 +129,32 @@ TEST_F(QuantSchemeTest, FormatsAndTheKvCacheParse) {
       std::string::npos);
 }
 
+TEST_F(QuantSchemeTest, TheGgufMixEstimatorIsChecked) {
+  const auto load = [&](const std::string& body) {
+    return Recipe::load(write(body));
+  };
+  EXPECT_EQ(
+      recipe::gguf_mix_estimator(
+          load("    gguf_mix: q4_k_m\n    gguf_mix_estimator: lsq\n"),
+          "quant.s"),
+      Estimator::lsq);
+  EXPECT_EQ(
+      recipe::gguf_mix_estimator(load("    gguf_mix: q4_k_m\n"), "quant.s"),
+      Estimator::ste);
+  const auto file = (temp_ / "recipe.yaml");
+  EXPECT_EQ(
+      error_of("    gguf_mix: q4_k_m\n    gguf_mix_estimator: pact\n"),
+      file +
+          ":4:25: quant.s.gguf_mix_estimator: unknown value 'pact'; "
+          "expected one of ste, lsq");
+  EXPECT_EQ(
+      error_of("    gguf_mix_estimator: lsq\n    rules:\n      - match: fc\n"
+               "        preset: gguf_q4_k\n"),
+      file +
+          ":3:25: quant.s.gguf_mix_estimator: gguf_mix_estimator needs a "
+          "gguf_mix");
+}
+
 TEST_F(QuantSchemeTest, ErrorsNameFileLineAndKey) {
   const auto file = (temp_ / "recipe.yaml");
   EXPECT_EQ(

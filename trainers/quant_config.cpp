@@ -229,6 +229,16 @@ std::string gguf_mix_preset(const Recipe& recipe, const std::string& key) {
   return preset;
 }
 
+Estimator gguf_mix_estimator(const Recipe& recipe, const std::string& key) {
+  const std::string at = key + ".gguf_mix_estimator";
+  if (!recipe.has(at))
+    return Estimator::ste;
+  if (!recipe.has(key + ".gguf_mix"))
+    recipe.fail_at(at, "gguf_mix_estimator needs a gguf_mix");
+  return parse_name<Estimator, 2>(
+      recipe, at, {{{"ste", Estimator::ste}, {"lsq", Estimator::lsq}}});
+}
+
 QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
   if (!recipe.has(key)) {
     std::vector<std::string> known;
@@ -242,8 +252,12 @@ QuantConfig quant_config(const Recipe& recipe, const std::string& key) {
             (best.empty() ? std::string()
                           : " (did you mean '" + parent + "." + best + "'?)"));
   }
-  check_keys(recipe, key, {"rules", "description", "gguf_mix", "kv_cache"});
+  check_keys(
+      recipe,
+      key,
+      {"rules", "description", "gguf_mix", "gguf_mix_estimator", "kv_cache"});
   gguf_mix_preset(recipe, key);
+  gguf_mix_estimator(recipe, key);
   QuantConfig config;
   // kv_cache: the attention layers' keys and values, FP8 e4m3 per tensor
   // unless the map says otherwise (calibrated, then frozen).

@@ -15,6 +15,9 @@
 //       gguf_mix: q4_k_m             # llama.cpp's llama-quantize types per
 //                                    # tensor (q4_k_m, q5_k_m, q6_k), after
 //                                    # any rules of the scheme's own
+//       gguf_mix_estimator: lsq      # the mix's K-quant weights learn their
+//                                    # halves d and dmin (default ste: kept
+//                                    # as ggml's search found them)
 //
 // A quantizer takes: format (int, fp8_e4m3, fp8_e5m2), gguf (q8_0, q4_0,
 // q5_0, q5_1, q4_k, q5_k, q6_k),
@@ -42,5 +45,8 @@ QuantConfig quant_config(const Recipe& recipe, const std::string& key);
 
 // The scheme's gguf_mix preset, checked, or "" when it has none.
 std::string gguf_mix_preset(const Recipe& recipe, const std::string& key);
+// The estimator of the mix's K-quant weights (ste unless gguf_mix_estimator
+// says lsq).
+Estimator gguf_mix_estimator(const Recipe& recipe, const std::string& key);
 
 } // namespace qat::recipe

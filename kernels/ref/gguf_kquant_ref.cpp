@@ -451,6 +451,43 @@ void kquant_fake_quant(
   }
 }
 
+void kquant_representation_grad(
+    KQuantType type,
+    const KQuantRepresentation& rep,
+    const float* x,
+    const float* grad_y,
+    double& grad_d,
+    double& grad_dmin) {
+  uint8_t codes[kKQuantBlockSize] = {};
+  uint8_t mask[kKQuantBlockSize];
+  kquant_codes(type, rep, x, codes, mask);
+  const int size = kquant_sub_block_size(type);
+  const bool narrow = type == KQuantType::q6_k;
+  const int offset = narrow ? kQ6CodeOffset : 0;
+  grad_d = grad_dmin = 0.0;
+  for (int s = 0; s < kquant_sub_blocks(type); ++s) {
+    const double sc = narrow
+        ? static_cast<double>(rep.scales[s])
+        : static_cast<double>(static_cast<uint8_t>(rep.scales[s]));
+    const double m = narrow ? 0.0 : static_cast<double>(rep.mins[s]);
+    const double scale = narrow ? narrow_scale(rep, s) : wide_scale(rep, s);
+    const double min = narrow ? 0.0 : wide_min(rep, s);
+    for (int i = s * size; i < (s + 1) * size; ++i) {
+      if (x[i] != x[i])
+        continue;
+      const double q = static_cast<double>(codes[i] - offset);
+      const double g = grad_y[i];
+      if (scale != 0.0 && mask[i]) {
+        const double u = (static_cast<double>(x[i]) + min) / scale;
+        grad_d += g * sc * (q - u);
+      } else {
+        grad_d += g * sc * q;
+        grad_dmin -= g * m;
+      }
+    }
+  }
+}
+
 void kquant_pack(
     KQuantType type,
     const KQuantRepresentation& rep,

@@ -111,6 +111,36 @@ void kquant_fake_quant(
     float* y,
     uint8_t* mask);
 
+// Learned representations (LSQ-style): a trainer learns each super-block's
+// halves d and dmin as floats (rounded to half in the forward, straight
+// through), while the sub-block scales and mins stay the integers ggml's
+// search chose. The gradient of sum(grad_y * x') over the 256 values x with
+// respect to d and dmin, under rep (whose halves are the rounded ones), in
+// double. Derivation:
+//
+//   Q4_K, Q5_K: x' = d sc q - dmin m with q = clamp(round(u), 0, qmax),
+//               u = (x + dmin m) / (d sc), the sub-block's sc and m.
+//     In range (q = round(u), the straight-through estimator takes
+//     d round(u) / du = 1):
+//       dx'/dd    = sc q + d sc du/dd    = sc q - sc u = sc (q - u)
+//       dx'/ddmin = d sc du/ddmin - m    = m - m       = 0
+//     Clipped (q = 0 or qmax, constant):
+//       dx'/dd    = sc q,   dx'/ddmin = -m
+//   Q6_K:       x' = d sc (q - 32), u = x / (d sc) + 32:
+//     in range dx'/dd = sc ((q - 32) - x / (d sc)); clipped sc (q - 32).
+//   A sub-block whose scale d sc is 0 holds one value, -dmin m (its codes
+//   are 0): dx'/dd = 0, dx'/ddmin = -m.
+// As in LSQ (Esser et al. 2020, eq. 3) the in-range term is the rounding
+// error, so d moves to where the codes round best; the caller scales both
+// by LSQ's 1 / sqrt(values per scale * qmax). A NaN x contributes nothing.
+void kquant_representation_grad(
+    KQuantType type,
+    const KQuantRepresentation& rep,
+    const float* x,
+    const float* grad_y,
+    double& grad_d,
+    double& grad_dmin);
+
 // rep and 256 codes to ggml's stored bytes (kquant_block_bytes of them), and
 // back. Every byte pattern unpacks, and packs back to itself.
 void kquant_pack(

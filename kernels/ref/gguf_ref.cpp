@@ -284,6 +284,32 @@ void quantize_gguf_fixed_ref(
   }
 }
 
+void gguf_representation_grad_ref(
+    const float* x,
+    const float* grad_y,
+    const uint8_t* representations,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end,
+    float* grad_d,
+    float* grad_dmin) {
+  const auto& info = gguf_type_info(type);
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const KQuantRepresentation rep = read_representation(
+        info, representations + b * info.representation_bytes);
+    double d = 0.0, dmin = 0.0;
+    kquant_representation_grad(
+        kquant_type(type),
+        rep,
+        x + b * kKQuantBlockSize,
+        grad_y + b * kKQuantBlockSize,
+        d,
+        dmin);
+    grad_d[b] = static_cast<float>(d);
+    grad_dmin[b] = static_cast<float>(dmin);
+  }
+}
+
 template void fake_quant_gguf_fixed_ref<float>(
     const float*,
     float*,

@@ -101,4 +101,19 @@ void quantize_gguf_fixed_ref(
     const uint8_t* representations,
     uint8_t* out);
 
+// Learned K-quant representations: the gradients of
+// sum(grad_y * fake_quant_gguf_fixed_ref(x)) with respect to the halves d and
+// dmin of super-blocks [block_begin, block_end), grad_d[b] and grad_dmin[b]
+// (0 for Q6_K), unscaled (kernels/ref/gguf_kquant_ref.h's
+// kquant_representation_grad has the derivation).
+void gguf_representation_grad_ref(
+    const float* x,
+    const float* grad_y,
+    const uint8_t* representations,
+    GgufType type,
+    int64_t block_begin,
+    int64_t block_end,
+    float* grad_d,
+    float* grad_dmin);
+
 } // namespace qat::kernels

@@ -91,8 +91,13 @@ QuantConfig JobContext::scheme(
       recipe.fail_at(
           key + ".gguf_mix",
           "llama.cpp's type mixes are for the Llama-style decoder");
-    for (auto& rule : models::gguf_mix_scheme(*lm, mix).rules)
+    const Estimator estimator = recipe::gguf_mix_estimator(recipe, key);
+    for (auto& rule : models::gguf_mix_scheme(*lm, mix).rules) {
+      auto& weight = rule.specs->weight;
+      if (weight && weight->spec().is_gguf_kquant())
+        weight->estimator(estimator);
       config.rules.push_back(std::move(rule));
+    }
   }
   return config;
 }
