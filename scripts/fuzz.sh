@@ -18,7 +18,8 @@ torch=$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 binary=$out/fuzz_readers
 sources=("$root/tests/fuzz/fuzz_readers.cpp" "$root/qat/export/gguf.cpp" "$root/qat/export/atomic_file.cpp"
          "$root/qat/export/safetensors.cpp" "$root/qat/export/mapped_file.cpp" "$root/kernels/ref/gguf_ref.cpp"
-         "$root/kernels/ref/gguf_kquant_ref.cpp" "$root/trainers/text/hf_tokenizer.cpp" "$root/trainers/text/chat_template.cpp")
+         "$root/kernels/ref/gguf_kquant_ref.cpp" "$root/kernels/ref/microscale_ref.cpp"
+         "$root/trainers/text/hf_tokenizer.cpp" "$root/trainers/text/chat_template.cpp")
 if [[ ! -x $binary || -n $(find "${sources[@]}" "$root"/qat/export/*.h "$root"/kernels/*.h "$root"/kernels/ref/*.h "$root"/trainers/text/*.h "$root"/trainers/text/*.inc -newer "$binary") ]]; then
   echo "[fuzz] building $binary"
   clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
