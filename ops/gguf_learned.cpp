@@ -111,8 +111,8 @@ class FakeQuantGgufLearnedFunction
     if (ctx->needs_input_grad(2) || ctx->needs_input_grad(3)) {
       std::tie(grad_d, grad_dmin) =
           gguf_representation_backward(grads[0], saved[0], saved[1], type);
-      grad_d = grad_d.mul_(grad_factor);
-      grad_dmin = grad_dmin.mul_(grad_factor);
+      grad_d.mul_(grad_factor);
+      grad_dmin.mul_(grad_factor);
     }
     return {
         ctx->needs_input_grad(0) ? mask_backward(grads[0], saved[2]) : Tensor(),

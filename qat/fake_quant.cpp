@@ -196,6 +196,10 @@ bool FakeQuantizerImpl::learns_gguf_halves() const {
   return gguf_d_.defined();
 }
 
+torch::Tensor FakeQuantizerImpl::gguf_dmin_or_zero() const {
+  return gguf_dmin_.defined() ? gguf_dmin_ : torch::zeros_like(gguf_d_);
+}
+
 torch::Tensor FakeQuantizerImpl::gguf_representation() const {
   if (!learns_gguf_halves() || gguf_representation_.numel() == 0)
     return gguf_representation_;
@@ -203,7 +207,7 @@ torch::Tensor FakeQuantizerImpl::gguf_representation() const {
   return ops::gguf_with_halves(
       gguf_representation_,
       gguf_d_,
-      gguf_dmin_.defined() ? gguf_dmin_ : torch::zeros_like(gguf_d_),
+      gguf_dmin_or_zero(),
       options_.spec().gguf_name());
 }
 
@@ -238,7 +242,7 @@ torch::Tensor FakeQuantizerImpl::gguf_forward(const torch::Tensor& x) {
       x,
       gguf_representation_,
       gguf_d_,
-      gguf_dmin_.defined() ? gguf_dmin_ : torch::zeros_like(gguf_d_),
+      gguf_dmin_or_zero(),
       type,
       grad_factor);
 }

@@ -130,6 +130,8 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   FakeQuantizerOptions options_;
   Observer observer_{nullptr};
   bool learns_gguf_halves() const;
+  // The learned dmin, or zeros for Q6_K (which has none) as the ops take it.
+  torch::Tensor gguf_dmin_or_zero() const;
   torch::Tensor gguf_forward(const torch::Tensor& x);
 
   torch::Tensor scale_, zero_point_, pact_alpha_, gguf_representation_;
