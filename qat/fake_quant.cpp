@@ -8,6 +8,7 @@
 #include "kernels/ref/gguf_kquant_ref.h"
 #include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
+#include "qat/format.h"
 
 namespace qat {
 namespace {
@@ -133,28 +134,11 @@ torch::Tensor FakeQuantizerImpl::quantize(
   const QuantSpec& spec = options_.spec();
   const auto axis = spec.op_axis();
   const int64_t group_size = spec.op_group_size(x.dim() > 0 ? x.size(-1) : 1);
-  if (spec.is_microscale()) {
-    // The block scales are the op's, from each input; NVFP4's global scale
-    // too when dynamic, else the calibrated one in `scale`.
-    return ops::fake_quant_microscale(
-        x,
-        spec.microscale_name(),
-        spec.format() == NumberFormat::nvfp4 && !spec.dynamic()
-            ? std::optional(scale)
-            : std::nullopt);
-  }
-  if (spec.is_fp8())
-    return ops::fake_quant_fp8(x, scale, axis, group_size, spec.fp8_name());
   switch (options_.estimator()) {
     case Estimator::ste:
-      return ops::fake_quant_affine(
-          x,
-          scale,
-          zero_point,
-          axis,
-          group_size,
-          spec.quant_min(),
-          spec.quant_max());
+      return format_of(spec).fake_quantize(
+          x, scale, zero_point, axis, group_size, spec);
+    // The learned estimators are the integer grids' (check_estimator).
     case Estimator::lsq:
     case Estimator::lsq_plus: {
       const double per_scale =
@@ -239,12 +223,7 @@ torch::Tensor FakeQuantizerImpl::gguf_forward(const torch::Tensor& x) {
   const double grad_factor = 1.0 /
       std::sqrt(static_cast<double>(kernels::kKQuantBlockSize * max_code));
   return ops::fake_quant_gguf_learned(
-      x,
-      gguf_representation_,
-      gguf_d_,
-      gguf_dmin_or_zero(),
-      type,
-      grad_factor);
+      x, gguf_representation_, gguf_d_, gguf_dmin_or_zero(), type, grad_factor);
 }
 
 torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
@@ -254,12 +233,7 @@ torch::Tensor FakeQuantizerImpl::forward(const torch::Tensor& x) {
   if (spec.dynamic()) {
     if (!fake_quant_enabled())
       return x;
-    if (spec.gguf() != GgufRule::none)
-      return ops::fake_quant_gguf(x, spec.gguf_name());
-    if (spec.is_microscale())
-      return quantize(x, scale_, zero_point_); // the op computes every scale
-    const QParams q = dynamic_qparams(x, spec);
-    return quantize(x, q.scale, q.zero_point);
+    return format_of(spec).fake_quantize_dynamic(x, spec);
   }
   if (observer_enabled() && options_.estimator() != Estimator::pact) {
     observer_->observe(x);

@@ -5,8 +5,7 @@
 #include <limits>
 #include <stdexcept>
 
-#include "kernels/microscale_math.h"
-#include "ops/ops.h"
+#include "qat/format.h"
 
 namespace qat {
 namespace {
@@ -75,44 +74,7 @@ QParams qparams_from_range(
     const torch::Tensor& min_val,
     const torch::Tensor& max_val,
     const QuantSpec& spec) {
-  const float eps = std::numeric_limits<float>::epsilon();
-  const auto min_neg = torch::clamp_max(min_val, 0.0f);
-  const auto max_pos = torch::clamp_min(max_val, 0.0f);
-  if (spec.is_microscale()) {
-    // NVFP4's global scale (generate_gparam, kernels/microscale_math.h); the
-    // MX formats have none, and their block scales are the kernels' own.
-    const torch::Tensor amax =
-        torch::maximum(-min_neg, max_pos).to(torch::kFloat).cpu().contiguous();
-    torch::Tensor scale = torch::ones_like(amax);
-    if (spec.format() == NumberFormat::nvfp4) {
-      const float* a = amax.const_data_ptr<float>();
-      float* g = scale.mutable_data_ptr<float>();
-      for (int64_t i = 0; i < amax.numel(); ++i)
-        g[i] = kernels::nvfp4_global_scale(a[i]);
-    }
-    return {
-        scale.to(min_val.device()), torch::zeros_like(min_val, torch::kInt)};
-  }
-  if (spec.is_fp8()) {
-    auto scale = torch::maximum(-min_neg, max_pos) / spec.format_max();
-    return {
-        torch::clamp_min(scale, eps).to(torch::kFloat),
-        torch::zeros_like(scale, torch::kInt)};
-  }
-  const double qmin = static_cast<double>(spec.quant_min());
-  const double qmax = static_cast<double>(spec.quant_max());
-  if (spec.symmetric()) {
-    auto scale = torch::clamp_min(
-        torch::maximum(-min_neg, max_pos) / spec.symmetric_divisor(), eps);
-    const int64_t zp =
-        spec.is_signed() ? 0 : (spec.quant_min() + spec.quant_max() + 1) / 2;
-    return {scale.to(torch::kFloat), torch::full_like(scale, zp, torch::kInt)};
-  }
-  auto scale = torch::clamp_min((max_pos - min_neg) / (qmax - qmin), eps)
-                   .to(torch::kFloat);
-  auto zp = torch::clamp(qmin - torch::round(min_neg / scale), qmin, qmax)
-                .to(torch::kInt);
-  return {scale, zp};
+  return format_of(spec).qparams_from_range(min_val, max_val, spec);
 }
 
 QParams dynamic_qparams(const torch::Tensor& x, const QuantSpec& spec) {
@@ -127,25 +89,15 @@ torch::Tensor fake_quant_rows(
     const torch::Tensor& rows,
     const QParams& qparams,
     const QuantSpec& spec) {
-  const auto scale = qparams.scale.reshape({-1});
-  if (spec.is_microscale()) {
-    // One global scale: per_tensor rows are one row.
-    return ops::fake_quant_microscale(
-        rows,
-        spec.microscale_name(),
-        spec.format() == NumberFormat::nvfp4 ? std::optional(scale)
-                                             : std::nullopt);
-  }
-  if (spec.is_fp8())
-    return ops::fake_quant_fp8(rows, scale, 0, 0, spec.fp8_name());
-  return ops::fake_quant_affine(
+  // Per-row parameters along axis 0 (one global scale for NVFP4: per_tensor
+  // rows are one row).
+  return format_of(spec).fake_quantize(
       rows,
-      scale,
+      qparams.scale.reshape({-1}),
       qparams.zero_point.reshape({-1}),
       0,
       0,
-      spec.quant_min(),
-      spec.quant_max());
+      spec);
 }
 
 ObserverImpl::ObserverImpl(QuantSpec spec, ObserverOptions options)

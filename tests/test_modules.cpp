@@ -627,28 +627,42 @@ TEST(Convert, QuantizedWeightsRoundTripThroughSafetensors) {
 }
 
 // A converted model saved and loaded into its prepared twin computes the same
-// bits; a file that does not fit is refused with the layer named.
+// bits, whatever the head's format family (FP8, GGUF blocks, NVFP4); a file
+// that does not fit is refused with the layer named.
 TEST(Convert, ConvertedModelsSaveAndLoad) {
-  TinyLm model;
-  QuantConfig config = tiny_config();
-  config.rules.push_back(QuantRule::quantize("lm_head", preset("fp8_e4m3")));
-  config.rules.erase(config.rules.begin()); // lm_head was skipped
-  prepare(model, config);
-  const auto ids = torch::randint(0, 50, {3, 9});
-  calibrate(model, [&] { model.forward(ids); });
-  convert(model);
-  const auto served = model.forward(ids);
   const std::string path =
       "/tmp/qat_converted_" + std::to_string(::getpid()) + ".safetensors";
-  save_converted(model, path);
+  const auto ids = torch::randint(0, 50, {3, 9});
+  QuantConfig config;
+  for (const LayerQuantSpecs& head :
+       {preset("fp8_e4m3"),
+        LayerQuantSpecs{
+            FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q4_0)),
+            std::nullopt,
+            std::nullopt},
+        preset("nvfp4_a16")}) {
+    SCOPED_TRACE(head.weight->spec().to_string());
+    TinyLm model;
+    config = tiny_config();
+    config.rules.push_back(QuantRule::quantize("lm_head", head));
+    config.rules.erase(config.rules.begin()); // lm_head was skipped
+    prepare(model, config);
+    calibrate(model, [&] { model.forward(ids); });
+    convert(model);
+    const auto served = model.forward(ids);
+    save_converted(model, path);
 
-  TinyLm twin; // same float weights (same seed), not calibrated
-  prepare(twin, config);
-  load_converted(twin, path);
-  EXPECT_TRUE(bitwise_equal(twin.forward(ids), served));
-  EXPECT_TRUE(torch::equal(
-      twin.fc0->quantized_weight->codes(),
-      model.fc0->quantized_weight->codes()));
+    TinyLm twin; // same float weights (same seed), not calibrated
+    prepare(twin, config);
+    load_converted(twin, path);
+    EXPECT_TRUE(bitwise_equal(twin.forward(ids), served));
+    EXPECT_TRUE(torch::equal(
+        twin.fc0->quantized_weight->codes(),
+        model.fc0->quantized_weight->codes()));
+    EXPECT_TRUE(torch::equal(
+        twin.head->quantized_weight->data.view(torch::kByte),
+        model.head->quantized_weight->data.view(torch::kByte)));
+  }
 
   TinyLm other;
   prepare(other, {{QuantRule::quantize("blocks.*", preset("w8a8_int8"))}});
