@@ -21,6 +21,7 @@
 #include "qat/modules/layer_specs.h"
 #include "qat/modules/linear.h"
 #include "tests/test_helpers.h"
+#include "trainers/checkpoint.h"
 
 namespace qat {
 namespace {
@@ -438,6 +439,12 @@ TEST(Gguf, LearnedKQuantHalvesTrainAndConvertExactly) {
     }
     EXPECT_FALSE(torch::equal(fq.gguf_d(), d0)) << name << ": d did not move";
     const auto trained = layer(x).detach();
+    // A fresh copy, never searched, takes the trained state as the job's
+    // record and export stages load it.
+    auto copy = QuantLinear::from_float(torch::nn::Linear(512, 8), specs);
+    train::load_module_state(*copy, train::module_state(*layer), "trained");
+    copy->quantizers.weight->enable_observer(false);
+    EXPECT_TRUE(bitwise_equal(copy(x), trained)) << name;
     layer->convert_weight();
     EXPECT_TRUE(bitwise_equal(layer(x), trained)) << name;
   }

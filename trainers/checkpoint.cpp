@@ -108,9 +108,10 @@ void load_module_state(
       continue;
     }
     const auto& [tensor, is_parameter] = target;
-    // Quantizer parameters start as [1] and take their per-channel shape on
-    // the first batch; buffers (observer ranges) start empty.
-    const bool resizable = !is_parameter || tensor.numel() == 1;
+    // Quantizer parameters start as [1] (scales) or empty (a K-quant's
+    // learned halves) and take their shape on the first batch; buffers
+    // (observer ranges, K-quant representations) start empty.
+    const bool resizable = !is_parameter || tensor.numel() <= 1;
     if (tensor.sizes() != it->second.sizes() && !resizable) {
       std::ostringstream s;
       s << "shape of " << name << ": model " << tensor.sizes() << ", file "

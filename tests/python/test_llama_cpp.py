@@ -50,7 +50,7 @@ CONTEXT = 256
 # By the type of the Linear layers: bounds on rms(logit difference) /
 # std(logits) and on |perplexity_llama.cpp / perplexity_qat - 1|.
 TOLERANCE = {"F32": (2e-3, 1e-3), "Q8_0": (0.02, 0.01), "Q4_0": (0.05, 0.02),
-             "Q5_0": (0.05, 0.02), "MXFP4": (0.05, 0.02)}
+             "Q5_0": (0.05, 0.02), "Q5_1": (0.05, 0.02), "MXFP4": (0.05, 0.02)}
 
 
 def same_tensors(ours: str, theirs: str) -> list[str]:
