@@ -70,6 +70,13 @@
 //   multiple-choice MODEL_DIR JSONL OUT
 //                      each example's per-choice log-likelihoods under the
 //                      Hugging Face model MODEL_DIR (JSON list of lists)
+//   gptq IN OUT        qat::gptq_quantize of IN's float32 "weight" [out, in]
+//                      with float64 "hessian" [in, in] under a signed
+//                      symmetric integer spec of metadata "bits", per group of
+//                      "group_size" inputs (0: per output channel), scales
+//                      from the weight's range, "damp", "block_size",
+//                      "act_order" (0/1); OUT holds "weight" (GPTQ's),
+//                      "scale", "zero_point" and "rtn" (round to nearest)
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
@@ -83,9 +90,11 @@
 
 #include "kernels/ref/gguf_ref.h"
 #include "ops/ops.h"
+#include "qat/calibration/gptq.h"
 #include "qat/convert.h"
 #include "qat/export/gguf.h"
 #include "qat/export/safetensors.h"
+#include "qat/format.h"
 #include "qat/prepare.h"
 #include "trainers/data/bpe.h"
 #include "trainers/data/sources.h"
@@ -655,6 +664,48 @@ void multiple_choice(
   out << "]\n";
 }
 
+void gptq(const char* in_path, const char* out_path) {
+  const auto in = qat::safetensors::File::read(in_path);
+  const auto& meta = in.metadata();
+  const auto number = [&](const std::string& key) {
+    const auto it = meta.find(key);
+    if (it == meta.end())
+      throw std::runtime_error(std::string(in_path) + ": no metadata " + key);
+    return std::stod(it->second);
+  };
+  const auto group = static_cast<int64_t>(number("group_size"));
+  auto spec = qat::QuantSpec().bits(static_cast<int>(number("bits")));
+  if (group > 0)
+    spec.granularity(qat::Granularity::per_group).axis(-1).group_size(group);
+  else
+    spec.granularity(qat::Granularity::per_channel).axis(0);
+  spec.validate();
+  const torch::Tensor weight = in.tensor("weight");
+  const qat::QParams q = qat::dynamic_qparams(weight, spec);
+  const auto result = qat::gptq_quantize(
+      weight,
+      in.tensor("hessian"),
+      spec,
+      q,
+      qat::GptqOptions()
+          .damp(number("damp"))
+          .block_size(static_cast<int64_t>(number("block_size")))
+          .act_order(number("act_order") != 0));
+  const torch::Tensor rtn = qat::format_of(spec).fake_quantize(
+      weight,
+      q.scale,
+      q.zero_point,
+      spec.op_axis(),
+      spec.op_group_size(weight.size(-1)),
+      spec);
+  qat::safetensors::write(
+      out_path,
+      {{"weight", result.weight},
+       {"scale", q.scale},
+       {"zero_point", q.zero_point},
+       {"rtn", rtn}});
+}
+
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
   const std::map<std::string, int> arguments = {
@@ -670,7 +721,8 @@ int main(int argc, char** argv) {
       {"compressed-tensors", 3},
       {"compressed-tensors-gguf", 4},
       {"tokenize-data", 4},
-      {"multiple-choice", 3}};
+      {"multiple-choice", 3},
+      {"gptq", 2}};
   const auto it = arguments.find(command);
   if (it == arguments.end() || argc != it->second + 2) {
     std::fprintf(
@@ -683,7 +735,9 @@ int main(int argc, char** argv) {
         "       %s gguf-quantize IN.gguf OUT.gguf f32|q8_0|q4_0|mxfp4|q4_k_m\n"
         "       %s evaluate-gguf GGUF TEXT CONTEXT OUT.safetensors\n"
         "       %s compressed-tensors CASE OUT_DIR OUT.safetensors\n"
-        "       %s compressed-tensors-gguf GGUF PRESET OUT_DIR OUT.safetensors\n",
+        "       %s compressed-tensors-gguf GGUF PRESET OUT_DIR OUT.safetensors\n"
+        "       %s gptq IN.safetensors OUT.safetensors\n",
+        argv[0],
         argv[0],
         argv[0],
         argv[0],
@@ -720,6 +774,8 @@ int main(int argc, char** argv) {
       multiple_choice(argv[2], argv[3], argv[4]);
     else if (command == "compressed-tensors")
       compressed_tensors(argv[2], argv[3], argv[4]);
+    else if (command == "gptq")
+      gptq(argv[2], argv[3]);
     else
       compressed_tensors_gguf(argv[2], argv[3], argv[4], argv[5]);
   } catch (const std::exception& e) {

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "ops/ops.h"
+#include "qat/calibration/gptq.h"
 #include "qat/convert.h"
 #include "qat/export/safetensors.h"
 #include "qat/modules/activation.h"
@@ -677,6 +678,55 @@ TEST(Convert, ConvertedModelsSaveAndLoad) {
   }
   EXPECT_FALSE(other.fc0->quantized_weight.has_value());
   std::remove(path.c_str());
+}
+
+// GPTQ on every Linear layer with a weight quantizer: each weight lands on
+// its quantizer's grid (so the quantizer maps it to itself and convert()
+// serves what was calibrated, bit for bit), and each layer's output error on
+// the calibration inputs is below round to nearest's. A format GPTQ cannot
+// serve is refused with the layer named, before anything changes.
+TEST(Gptq, CalibratesEveryLinearOntoItsGrid) {
+  TinyLm model;
+  prepare(model, tiny_config());
+  torch::manual_seed(4);
+  const auto ids = torch::randint(0, 50, {4, 16});
+  const auto reports = calibrate_gptq(
+      model, [&] { model.forward(ids); }, GptqOptions().block_size(48));
+  ASSERT_EQ(reports.size(), 2u);
+  for (const auto& r : reports) {
+    EXPECT_EQ(r.tokens, 64) << r.name;
+    EXPECT_LT(r.error_vs_rtn, 1.0) << r.name;
+    EXPECT_GT(r.error_vs_rtn, 0.0) << r.name;
+  }
+  EXPECT_EQ(reports[0].name, "blocks.0");
+  for (QuantLinear* fc : {&model.fc0, &model.fc1}) {
+    auto& fq = *(*fc)->quantizers.weight;
+    ASSERT_FALSE(fq.observer_enabled());
+    EXPECT_TRUE(bitwise_equal(fq.forward((*fc)->weight), (*fc)->weight));
+  }
+  torch::NoGradGuard no_grad;
+  const auto fake_quantized = model.forward(ids);
+  convert(model);
+  EXPECT_TRUE(bitwise_equal(model.forward(ids), fake_quantized));
+
+  TinyLm gguf;
+  prepare(
+      gguf,
+      {{QuantRule::quantize(
+          "blocks.*",
+          LayerQuantSpecs{
+              FakeQuantizerOptions(QuantSpec::gguf_block(GgufRule::q4_0)),
+              std::nullopt,
+              std::nullopt})}});
+  const auto before = gguf.fc0->weight.clone();
+  const std::string message = testing::error_message<std::invalid_argument>(
+      [&] { calibrate_gptq(gguf, [&] { gguf.forward(ids); }); });
+  EXPECT_NE(message.find("gptq: layer 'blocks.0'"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("GGUF blocks take their scales"), std::string::npos)
+      << message;
+  EXPECT_TRUE(torch::equal(gguf.fc0->weight, before));
+  EXPECT_TRUE(gguf.fc0->quantizers.weight->observer_enabled());
 }
 
 TEST(Models, ResNetLayersAreNamedAndQuantizable) {

@@ -479,6 +479,28 @@ TEST_F(JobTest, GradientAccumulationEqualsTheLargerBatch) {
       torch::allclose(a.model[0].second, c.model[0].second, 1e-4, 1e-6));
 }
 
+TEST_F(JobTest, PtqAndQatCanStartFromGptq) {
+  const auto results =
+      run(digits(
+              "gptq",
+              {"trainer.ptq.schemes=[w4a4]",
+               "+trainer.ptq.method=gptq",
+               "+trainer.qat.init=gptq",
+               "+trainer.gptq.block_size=16",
+               "trainer.float.steps=30",
+               "trainer.qat.steps=5"}),
+          {},
+          {"float", "ptq", "qat"});
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[1].name, "PTQ w4a4 (gptq)");
+  EXPECT_TRUE(std::isfinite(results[2].test.at("loss")));
+  const std::string message = testing::error_message<RecipeError>(
+      [&] { Job(digits("awq", {"+trainer.ptq.method=awq"}), {}).check(); });
+  EXPECT_NE(message.find("trainer.ptq.method"), std::string::npos) << message;
+  EXPECT_NE(message.find("expected rtn or gptq, got 'awq'"), std::string::npos)
+      << message;
+}
+
 TEST_F(JobTest, LanguageModelsReportPerplexity) {
   const auto recipe = Recipe::load(
       kRecipes + "/kjv.yaml",

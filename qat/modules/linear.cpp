@@ -89,6 +89,8 @@ void QuantLinearImpl::reset() {
 }
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
+  if (input_tap)
+    input_tap(input);
   if (const char* format = quant_linear_format(*this, input)) {
     // The weight quantizer observes and fake-quantizes as below (and its
     // backward follows quant_linear's); quant_linear quantizes the input as

@@ -4,6 +4,8 @@
 
 #include <torch/nn/module.h>
 
+#include <functional>
+
 #include "qat/convert.h"
 #include "qat/modules/layer_specs.h"
 
@@ -59,6 +61,9 @@ class QuantizedLayer {
   LayerQuantSpecs specs;
   LayerQuantizers quantizers;
   std::optional<QuantizedWeight> quantized_weight;
+  // While set, called with every input the forward sees (calibration
+  // statistics such as GPTQ's Hessian; Linear layers).
+  std::function<void(const torch::Tensor&)> input_tap;
 
  protected:
   explicit QuantizedLayer(LayerQuantSpecs initial)

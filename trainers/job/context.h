@@ -55,8 +55,14 @@ struct JobContext {
   // A copy of the float model, prepared with `scheme` ("" for float).
   Model copy_of_float(const std::string& scheme_name);
   // Observers see `batches` calibration batches (0: the recipe's
-  // trainer.calibration_batches).
-  void calibrate(torch::nn::Module& model, int64_t batches = 0);
+  // trainer.calibration_batches), and the weights are then calibrated by the
+  // method the recipe names at `method_key` (trainer.ptq.method,
+  // trainer.qat.init; "" or rtn: the observers' scales, round to nearest;
+  // gptq: qat/calibration/gptq.h with trainer.gptq's options).
+  void calibrate(
+      torch::nn::Module& model,
+      int64_t batches = 0,
+      const std::string& method_key = "");
   // The model's metrics on `split`, in eval mode, its observers untouched.
   Metrics evaluate(torch::nn::Module& model, Split split);
   // What `model` (prepared with `scheme_name`, "" for float) serves:
@@ -80,6 +86,12 @@ struct JobContext {
  private:
   std::unique_ptr<Task> task_;
 };
+
+// The calibration method at `key` (rtn when absent), or the recipe's error
+// naming the key and the methods there are.
+std::string calibration_method(
+    const recipe::Recipe& recipe,
+    const std::string& key);
 
 // "a, b, c"
 std::string join_names(const std::vector<std::string>& names);

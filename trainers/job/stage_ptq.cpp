@@ -4,12 +4,14 @@ namespace qat::train {
 namespace {
 
 // Post-training quantization: each scheme prepared on a copy of the float
-// model, its observers calibrated, no training.
+// model, its observers calibrated (and its weights by trainer.ptq.method:
+// rtn, or gptq), no training.
 class PtqStage : public Stage {
  public:
   std::vector<std::string> check(
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
+    calibration_method(recipe, "trainer.ptq.method");
     return checked_schemes(recipe, "trainer.ptq.schemes");
   }
 
@@ -18,8 +20,13 @@ class PtqStage : public Stage {
     for (const auto& name :
          job.recipe.get<std::vector<std::string>>("trainer.ptq.schemes")) {
       auto model = job.copy_of_float(name);
-      job.calibrate(*model);
-      job.record("PTQ " + name, "ptq." + name, *model, name);
+      job.calibrate(*model, 0, "trainer.ptq.method");
+      const auto method = calibration_method(job.recipe, "trainer.ptq.method");
+      job.record(
+          "PTQ " + name + (method == "rtn" ? "" : " (" + method + ")"),
+          "ptq." + name,
+          *model,
+          name);
     }
   }
 };

@@ -5,7 +5,7 @@ namespace qat::train {
 namespace {
 
 // Quantization-aware training: for each scheme, a prepared copy of the float
-// model, calibrated, then fine-tuned with fake-quant (and distillation from
+// model, calibrated (trainer.qat.init: rtn, or gptq), then fine-tuned with fake-quant (and distillation from
 // the float model when trainer.qat.distill asks for it).
 class QatStage : public Stage {
  public:
@@ -13,6 +13,7 @@ class QatStage : public Stage {
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
     LoopConfig::read(recipe, "trainer.qat");
+    calibration_method(recipe, "trainer.qat.init");
     return checked_schemes(recipe, "trainer.qat.schemes");
   }
 
@@ -35,7 +36,7 @@ class QatStage : public Stage {
     for (const auto& name :
          job.recipe.get<std::vector<std::string>>("trainer.qat.schemes")) {
       auto model = job.copy_of_float(name);
-      job.calibrate(*model);
+      job.calibrate(*model, 0, "trainer.qat.init");
       train(
           job,
           "qat." + name,
