@@ -494,6 +494,25 @@ TEST_F(JobTest, PtqAndQatCanStartFromGptq) {
   ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[1].name, "PTQ w4a4 (gptq)");
   EXPECT_TRUE(std::isfinite(results[2].test.at("loss")));
+  // 16 calibration rows for 64 inputs: damped, and said.
+  std::vector<std::string> warnings;
+  JobOptions options;
+  options.warn = [&](const std::string& w) { warnings.push_back(w); };
+  run(digits(
+          "gptq_small",
+          {"trainer.ptq.schemes=[w4a4]",
+           "+trainer.ptq.method=gptq",
+           "data.batch_size=16",
+           "trainer.calibration_batches=1",
+           "trainer.float.steps=15"}),
+      options,
+      {"float", "ptq"});
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_NE(
+      warnings[0].find("saw 16 calibration tokens for 64 inputs: its Hessian "
+                       "is rank-deficient"),
+      std::string::npos)
+      << warnings[0];
   const std::string message = testing::error_message<RecipeError>(
       [&] { Job(digits("awq", {"+trainer.ptq.method=awq"}), {}).check(); });
   EXPECT_NE(message.find("trainer.ptq.method"), std::string::npos) << message;
