@@ -76,7 +76,8 @@
 //                      "group_size" inputs (0: per output channel), scales
 //                      from the weight's range, "damp", "block_size",
 //                      "act_order" (0/1); OUT holds "weight" (GPTQ's),
-//                      "scale", "zero_point" and "rtn" (round to nearest)
+//                      "latent" (each column as GPTQ rounded it), "scale",
+//                      "zero_point" and "rtn" (round to nearest)
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/sgd.h>
 
@@ -701,6 +702,7 @@ void gptq(const char* in_path, const char* out_path) {
   qat::safetensors::write(
       out_path,
       {{"weight", result.weight},
+       {"latent", result.latent},
        {"scale", q.scale},
        {"zero_point", q.zero_point},
        {"rtn", rtn}});

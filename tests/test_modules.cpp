@@ -680,9 +680,9 @@ TEST(Convert, ConvertedModelsSaveAndLoad) {
   std::remove(path.c_str());
 }
 
-// GPTQ on every Linear layer with a weight quantizer: each weight lands on
-// its quantizer's grid (so the quantizer maps it to itself and convert()
-// serves what was calibrated, bit for bit), and each layer's output error on
+// GPTQ on every Linear layer with a weight quantizer: each layer's latent
+// weight is one its quantizer maps to GPTQ's quantized weight (and convert()
+// serves that, bit for bit), off the grid points as a float weight is, and each layer's output error on
 // the calibration inputs is below round to nearest's. A format GPTQ cannot
 // serve is refused with the layer named, before anything changes.
 TEST(Gptq, CalibratesEveryLinearOntoItsGrid) {
@@ -702,7 +702,9 @@ TEST(Gptq, CalibratesEveryLinearOntoItsGrid) {
   for (QuantLinear* fc : {&model.fc0, &model.fc1}) {
     auto& fq = *(*fc)->quantizers.weight;
     ASSERT_FALSE(fq.observer_enabled());
-    EXPECT_TRUE(bitwise_equal(fq.forward((*fc)->weight), (*fc)->weight));
+    const auto quantized = fq.forward((*fc)->weight);
+    EXPECT_FALSE(torch::equal(quantized, (*fc)->weight));
+    EXPECT_TRUE(bitwise_equal(fq.forward(quantized), quantized));
   }
   torch::NoGradGuard no_grad;
   const auto fake_quantized = model.forward(ids);

@@ -155,6 +155,7 @@ GptqResult gptq_quantize(
   const auto* column_of = order.const_data_ptr<int64_t>();
   torch::Tensor q =
       torch::empty({out, in}, weight.options().dtype(torch::kFloat));
+  torch::Tensor latent = torch::empty_like(q);
   for (int64_t i1 = 0; i1 < in; i1 += options.block_size()) {
     const int64_t i2 = std::min(i1 + options.block_size(), in);
     const int64_t count = i2 - i1;
@@ -164,17 +165,18 @@ GptqResult gptq_quantize(
     for (int64_t i = 0; i < count; ++i) {
       const int64_t column = column_of[i1 + i];
       const QParams p = column_params(qparams, spec, out, column);
+      const torch::Tensor updated = w1.select(1, i).to(torch::kFloat);
+      latent.select(1, column).copy_(updated);
       // Rounded by the format's own op, as the weight quantizer will.
-      const torch::Tensor quantized =
-          format
-              .fake_quantize(
-                  w1.select(1, i).to(torch::kFloat).unsqueeze(1),
-                  p.scale.to(torch::kFloat),
-                  p.zero_point,
-                  0,
-                  0,
-                  spec)
-              .squeeze(1);
+      const torch::Tensor quantized = format
+                                          .fake_quantize(
+                                              updated.unsqueeze(1),
+                                              p.scale.to(torch::kFloat),
+                                              p.zero_point,
+                                              0,
+                                              0,
+                                              spec)
+                                          .squeeze(1);
       q.select(1, column).copy_(quantized);
       const torch::Tensor err =
           (w1.select(1, i) - quantized.to(torch::kDouble)) /
@@ -189,6 +191,7 @@ GptqResult gptq_quantize(
     }
   }
   result.weight = q;
+  result.latent = latent;
   return result;
 }
 
@@ -264,7 +267,7 @@ std::vector<GptqLayerReport> calibrate_gptq(
     const torch::Tensor original = t.layer->weight.detach().clone();
     const GptqResult r =
         gptq_quantize(original, t.hessian, spec, qparams, options);
-    t.layer->weight.copy_(r.weight);
+    t.layer->weight.copy_(r.latent);
     GptqLayerReport report;
     report.name = t.name;
     report.tokens = t.tokens;

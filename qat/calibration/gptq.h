@@ -46,7 +46,13 @@ struct GptqOptions {
 // cannot serve and std::runtime_error when H stays indefinite even after the
 // damping is raised a thousandfold.
 struct GptqResult {
-  torch::Tensor weight;
+  torch::Tensor weight; // on the grid
+  // Each column as GPTQ rounded it (float32, updated by the errors of the
+  // columns before it): the format's op maps it to `weight` exactly. Kept
+  // as the latent weight for QAT, it lies where rounding put it inside its
+  // cell, as a float weight does, where `weight` sits on the grid points,
+  // half a step from every threshold.
+  torch::Tensor latent;
   int64_t dead_inputs = 0; // columns whose inputs were all zero
   double damp = 0;         // the damping used (raised when H needed it)
 };
@@ -75,8 +81,9 @@ struct GptqLayerReport {
 
 // calibrate() with GPTQ: runs `run_batches` (observers on, fake-quant off)
 // while accumulating the input Hessian of every Linear layer with a weight
-// quantizer, then replaces each such weight by its GPTQ update under the
-// weight quantizer's calibrated scales, and leaves the model calibrated as
+// quantizer, then replaces each such weight by GPTQ's latent weight under the
+// weight quantizer's calibrated scales (which its quantizer maps to GPTQ's
+// quantized weight, bit for bit), and leaves the model calibrated as
 // calibrate() does. The Hessians come from the float model's activations
 // (every layer sees unquantized inputs). `progress` is called once per layer.
 // Throws std::invalid_argument naming the layer when its weight format is not

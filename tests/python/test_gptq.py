@@ -21,7 +21,9 @@ rank-deficient Hessian (fewer calibration rows than inputs) and a dead input:
    so in practice bit for bit: a code can differ only where a value lies within
    float64 rounding of a rounding boundary, which random inputs do not hit);
 2. the check can fail: round to nearest is not within 1e-6 of it, and GPTQ's
-   output error tr(E H E^T) is below round to nearest's.
+   output error tr(E H E^T) is below round to nearest's;
+3. the latent weight qat keeps (each column as GPTQ rounded it) rounds to
+   GPTQ's weight exactly, and is not that weight itself.
 
 usage: test_gptq.py PATH/TO/conformance_tool
 """
@@ -126,6 +128,17 @@ def main(tool: str) -> int:
             check(rtn_diff > 1e-6, f"{name}: round to nearest equals GPTQ; the check sees nothing")
             check(gptq_err < rtn_err, f"{name}: GPTQ's output error {gptq_err:.4g} is not below "
                                       f"rtn's {rtn_err:.4g}")
+            # The latent weight qat keeps for QAT rounds to GPTQ's weight.
+            qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            cols_scale = (np.repeat(got["scale"].reshape(rows, -1), group, axis=1) if group
+                          else np.repeat(got["scale"].reshape(rows, 1), cols, axis=1))
+            cols_zp = (np.repeat(got["zero_point"].reshape(rows, -1), group, axis=1) if group
+                       else np.repeat(got["zero_point"].reshape(rows, 1), cols, axis=1))
+            rounded = quantize_f32(got["latent"], cols_scale, cols_zp, qmin, qmax)
+            check(np.array_equal(rounded, got["weight"]),
+                  f"{name}: the latent weight does not round to GPTQ's weight")
+            check(not np.array_equal(got["latent"], got["weight"]),
+                  f"{name}: the latent weight is GPTQ's weight itself")
             if "dead" in name:
                 check(np.all(got["weight"][:, 5] == 0), f"{name}: the dead input's weights are not 0")
     return report(checks, failures)
