@@ -29,6 +29,16 @@ const Format& format_of(const QuantSpec& spec) {
   return integer_format();
 }
 
+torch::Tensor integer_zero_point(
+    const torch::Tensor& zero_point,
+    const QuantSpec& spec) {
+  if (!zero_point.is_floating_point())
+    return zero_point.to(torch::kInt);
+  return torch::round(zero_point)
+      .clamp(spec.quant_min(), spec.quant_max())
+      .to(torch::kInt);
+}
+
 torch::Tensor range_amax(
     const torch::Tensor& min_val,
     const torch::Tensor& max_val) {

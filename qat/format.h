@@ -80,6 +80,13 @@ torch::Tensor range_amax(
     const torch::Tensor& min_val,
     const torch::Tensor& max_val);
 
+// A zero point as the fake-quant op applies it, int32: a learned (LSQ+) one,
+// float, rounded half to even and clamped to the spec's code range; an
+// integer one as it is.
+torch::Tensor integer_zero_point(
+    const torch::Tensor& zero_point,
+    const QuantSpec& spec);
+
 // Scale or zero point in the ops' layout for `spec` broadcast to `shape`.
 torch::Tensor broadcast_params(
     const torch::Tensor& params,

@@ -241,8 +241,6 @@ std::vector<GptqLayerReport> calibrate_gptq(
     };
   }
   calibrate(model, run_batches);
-  for (auto& t : targets)
-    t.layer->input_tap = nullptr;
 
   std::vector<GptqLayerReport> reports;
   torch::NoGradGuard no_grad;
@@ -256,14 +254,9 @@ std::vector<GptqLayerReport> calibrate_gptq(
     }
     FakeQuantizerImpl& fq = *t.layer->quantizers.weight;
     const QuantSpec& spec = fq.options().spec();
-    // A learned (LSQ+) zero point is rounded as the fake-quant op rounds it.
-    torch::Tensor zero_point = fq.zero_point().detach();
-    if (zero_point.is_floating_point()) {
-      zero_point = torch::round(zero_point)
-                       .clamp(spec.quant_min(), spec.quant_max())
-                       .to(torch::kInt);
-    }
-    const QParams qparams{fq.scale().detach(), zero_point};
+    const QParams qparams{
+        fq.scale().detach(),
+        integer_zero_point(fq.zero_point().detach(), spec)};
     const torch::Tensor original = t.layer->weight.detach().clone();
     const GptqResult r =
         gptq_quantize(original, t.hessian, spec, qparams, options);

@@ -8,9 +8,11 @@
 // The scales are the weight quantizer's own, calibrated from the float weight
 // before any update (GPTQ's "static groups", which exporters need: one scale
 // per group whatever the column order); GPTQ chooses the codes under them.
-// Each column is rounded by the format's own fake-quant op, so the updated
-// weight is exactly representable: the weight quantizer maps it to itself,
-// and convert() stores exactly what GPTQ chose.
+// Each column is rounded by the format's own fake-quant op, so the layer can
+// keep the latent weight (each column as it was rounded): the weight
+// quantizer maps it to GPTQ's quantized weight bit for bit, convert() stores
+// exactly what GPTQ chose, and QAT starts from weights inside their rounding
+// cells rather than on the grid points.
 //
 //   qat::calibrate_gptq(*model, [&] { for (auto& b : batches) model->forward(b); },
 //                       qat::GptqOptions().damp(0.01));
@@ -41,7 +43,8 @@ struct GptqOptions {
 // format, per_tensor, per_channel along the outputs or per_group along the
 // inputs) with the scales and zero points `qparams` in the qat ops' layout,
 // and H = `hessian` [in, in] (any positive multiple). Returns the quantized
-// weight, float32, each value on the format's grid. Inputs that never fired
+// weight (float32, each value on the format's grid) and the latent one.
+// Inputs that never fired
 // (zero diagonal) get weight zero. Throws std::invalid_argument for a spec it
 // cannot serve and std::runtime_error when H stays indefinite even after the
 // damping is raised a thousandfold.
@@ -85,8 +88,7 @@ struct GptqLayerReport {
 // weight quantizer's calibrated scales (which its quantizer maps to GPTQ's
 // quantized weight, bit for bit), and leaves the model calibrated as
 // calibrate() does. The Hessians come from the float model's activations
-// (every layer sees unquantized inputs). `progress` is called once per layer.
-// Throws std::invalid_argument naming the layer when its weight format is not
+// (every layer sees unquantized inputs). Throws std::invalid_argument naming the layer when its weight format is not
 // one GPTQ serves, before anything changes.
 struct GptqHooks {
   // Called after each layer's update.

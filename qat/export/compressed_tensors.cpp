@@ -13,6 +13,7 @@
 #include "kernels/ref/microscale_ref.h"
 #include "qat/export/atomic_file.h"
 #include "qat/export/safetensors.h"
+#include "qat/format.h"
 #include "qat/modules/kv_cache.h"
 #include "qat/modules/quantizers.h"
 
@@ -313,14 +314,10 @@ NamedTensors layer_tensors(
         name + prefix + "_scale",
         fq.scale().detach().cpu().to(torch::kFloat).reshape({1}));
     if (!act.is_fp8() && !act.symmetric()) {
-      // A learned (LSQ+) zero point is rounded as the fake-quant op rounds
-      // it.
-      torch::Tensor zp = fq.zero_point().detach().cpu();
-      if (zp.is_floating_point())
-        zp = zp.round().clamp(act.quant_min(), act.quant_max());
       out.emplace_back(
           name + prefix + "_zero_point",
-          (zp.to(torch::kInt) - signed_shift(act))
+          (integer_zero_point(fq.zero_point().detach().cpu(), act) -
+           signed_shift(act))
               .to(torch::kChar)
               .reshape({1}));
     }

@@ -7,6 +7,7 @@
 #include "qat/convert.h"
 #include "qat/export/atomic_file.h"
 #include "qat/fake_quant.h"
+#include "qat/format.h"
 #include "qat/modules/activation.h"
 #include "qat/modules/conv.h"
 #include "qat/modules/linear.h"
@@ -467,13 +468,8 @@ std::string add_fake_quant(
   const bool per_tensor = spec.granularity() == Granularity::per_tensor;
   const DataType type = code_type(spec);
   torch::Tensor scale = quantizer.scale().detach().to(torch::kFloat).cpu();
-  // A learned (LSQ / LSQ+) zero point is rounded as the fake-quant op rounds
-  // it.
-  torch::Tensor zero_point = quantizer.zero_point().detach().cpu();
-  if (zero_point.is_floating_point()) {
-    zero_point = zero_point.round().clamp(spec.quant_min(), spec.quant_max());
-  }
-  zero_point = zero_point.to(torch::kInt);
+  torch::Tensor zero_point =
+      integer_zero_point(quantizer.zero_point().detach().cpu(), spec);
   if (per_tensor) {
     scale = scale.reshape({});
     zero_point = zero_point.reshape({});

@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "kernels/ref/microscale_ref.h"
+#include "qat/format.h"
 
 namespace qat {
 
@@ -60,11 +61,8 @@ void QuantizedLayer::convert_weight() {
     fq.forward(w);
     q = {fq.scale(), fq.zero_point()};
   }
-  // A learned (LSQ+) zero point is rounded as the fake-quant op rounds it.
-  const torch::Tensor zp = q.zero_point.is_floating_point()
-      ? torch::round(q.zero_point).clamp(spec.quant_min(), spec.quant_max())
-      : q.zero_point;
-  quantized_weight = QuantizedWeight::quantize(w, spec, q.scale, zp);
+  quantized_weight = QuantizedWeight::quantize(
+      w, spec, q.scale, integer_zero_point(q.zero_point, spec));
 }
 
 torch::Tensor QuantizedLayer::effective_weight(const torch::Tensor& w) {
