@@ -23,6 +23,7 @@
 #include "tests/test_helpers.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
+#include "trainers/mixed_precision.h"
 #include "trainers/models/classifiers.h"
 #include "trainers/models/llama_gguf.h"
 #include "trainers/quant_config.h"
@@ -514,9 +515,69 @@ TEST_F(JobTest, PtqAndQatCanStartFromGptq) {
       std::string::npos)
       << warnings[0];
   const std::string message = testing::error_message<RecipeError>(
-      [&] { Job(digits("awq", {"+trainer.ptq.method=awq"}), {}).check(); });
+      [&] { Job(digits("hqq", {"+trainer.ptq.method=hqq"}), {}).check(); });
   EXPECT_NE(message.find("trainer.ptq.method"), std::string::npos) << message;
-  EXPECT_NE(message.find("expected rtn or gptq, got 'awq'"), std::string::npos)
+  EXPECT_NE(
+      message.find("expected rtn, gptq, awq, smoothquant, got 'hqq'"),
+      std::string::npos)
+      << message;
+  // AWQ folds into the op before each Linear: the MLP classifier names none.
+  const std::string awq_message = testing::error_message<RecipeError>([&] {
+    run(digits(
+            "awq_mlp",
+            {"trainer.ptq.schemes=[w4a4]",
+             "+trainer.ptq.method=awq",
+             "trainer.float.steps=15"}),
+        {},
+        {"float", "ptq"});
+  });
+  EXPECT_NE(awq_message.find("trainer.ptq.method"), std::string::npos)
+      << awq_message;
+  EXPECT_NE(awq_message.find("names no such points"), std::string::npos)
+      << awq_message;
+}
+
+// A method per scheme: AWQ for the GGUF Q4_0 weights, SmoothQuant for W8A8,
+// as PTQ and as QAT's start, on the small decoder; a scheme the stage does
+// not list is refused by name.
+TEST_F(JobTest, EachSchemeCalibratesByItsOwnMethod) {
+  const auto recipe = Recipe::load(
+      kRecipes + "/kjv.yaml",
+      {"run.dir=" + (temp_ / "kjv_methods"),
+       "run.device=cpu",
+       "trainer.float.steps=30",
+       "trainer.float.eval_every=0",
+       "trainer.qat.steps=4",
+       "trainer.qat.eval_every=0",
+       "trainer.ptq.schemes=[q4_0, w8a8]",
+       "trainer.qat.schemes=[q4_0]",
+       "+trainer.ptq.method.q4_0=awq",
+       "+trainer.ptq.method.w8a8=smoothquant",
+       "+trainer.qat.init=awq",
+       "+trainer.awq.grid=5",
+       "+trainer.awq.clip_grid=4",
+       "trainer.calibration_batches=2",
+       "data.eval_windows=8"});
+  const auto results = run(recipe, {}, {"float", "ptq", "qat"});
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_EQ(results[1].name, "PTQ q4_0 (awq)");
+  EXPECT_EQ(results[2].name, "PTQ w8a8 (smoothquant)");
+  for (const auto& r : results)
+    EXPECT_TRUE(std::isfinite(r.test.at("loss"))) << r.name;
+
+  const std::string message = testing::error_message<RecipeError>([&] {
+    Job(Recipe::load(
+            kRecipes + "/kjv.yaml",
+            {"run.dir=" + (temp_ / "kjv_bad"),
+             "trainer.ptq.schemes=[q4_0]",
+             "+trainer.ptq.method.w8a8=smoothquant"}),
+        {})
+        .check();
+  });
+  EXPECT_NE(
+      message.find(
+          "trainer.ptq.method.w8a8: names no scheme of this stage (q4_0)"),
+      std::string::npos)
       << message;
 }
 
@@ -571,6 +632,186 @@ TEST_F(JobTest, LanguageModelsReportPerplexity) {
         << t.name;
   }
   EXPECT_NO_THROW(models::load_llama_gguf(exported));
+}
+
+// qat sensitivity on the small decoder made fragile on purpose: moving a
+// factor 1000 from layer 0's up_proj rows 5, 37, 69, ... into its down_proj
+// columns (a scale fold) leaves the float model's function as it was, but
+// each Q4_0 block of down_proj then holds one weight 1000x the others, which
+// rounds them to zero. That layer must rank first, measured and
+// estimated, and be the one a budget upgrades; the scheme written loads as a
+// scheme and exports to GGUF with that tensor at Q8_0 and the rest at Q4_0.
+TEST_F(JobTest, SensitivityRanksAFragileLayerFirstAndMixesUnderABudget) {
+  const auto kjv = [&](const std::string& run,
+                       std::vector<std::string> overrides) {
+    for (const std::string& o : std::vector<std::string>{
+             "run.dir=" + (temp_ / run),
+             "run.device=cpu",
+             "trainer.float.steps=30",
+             "trainer.float.eval_every=0",
+             "trainer.qat.steps=2",
+             "trainer.qat.eval_every=0",
+             "trainer.qat.schemes=[q4_0]",
+             "export.format=gguf",
+             "data.eval_windows=8"})
+      overrides.push_back(o);
+    return Recipe::load(kRecipes + "/kjv.yaml", overrides);
+  };
+  run(kjv("float", {}), {}, {"float"});
+  Checkpoint fragile = final_of("float", "float");
+  for (auto& [name, t] : fragile.model) {
+    t = t.clone();
+    // One input in every block of 32.
+    for (int64_t c = 5; c < 352; c += 32) {
+      if (name == "model.layers.0.mlp.up_proj.weight")
+        t[c].div_(1000);
+      if (name == "model.layers.0.mlp.down_proj.weight")
+        t.select(1, c).mul_(1000);
+    }
+  }
+  fragile.path = temp_ / "fragile.safetensors";
+  write_checkpoint(fragile);
+
+  // Q4_0 stores 4.5 bits per weight, Q8_0 8.5. The decoder's 14 layers hold
+  // 368640 weights; 5.0 bits on average leaves 184320 bits for upgrades, room
+  // for one 352 x 128 layer at Q8_0 (180224) and nothing more.
+  const auto sensitivity =
+      kjv("sensitivity",
+          {"+trainer.float.load=" + (temp_ / "fragile.safetensors"),
+           "+trainer.sensitivity.budget_bits=5.0"});
+  run(sensitivity, {}, {"float", "sensitivity"});
+  std::ifstream tsv(temp_ / "sensitivity/sensitivity.tsv");
+  std::string header;
+  std::getline(tsv, header);
+  EXPECT_EQ(header, "layer\tweights\tcandidate\tbits\tmeasured\testimate");
+  std::map<std::string, std::pair<std::string, double>> worst_measured,
+      worst_estimate;
+  std::map<std::string, double> bits;
+  std::map<std::string, int64_t> weights_of;
+  int64_t rows = 0, total_weights = 0;
+  std::string layer, candidate;
+  int64_t weights = 0;
+  double b = 0, measured = 0, estimate = 0;
+  double runner_up_measured = 0, runner_up_estimate = 0;
+  while (tsv >> layer >> weights >> candidate >> b >> measured >> estimate) {
+    ++rows;
+    bits[layer + " " + candidate] = b;
+    weights_of[layer] = weights;
+    if (candidate == "q4_0")
+      total_weights += weights;
+    for (const auto& [worst, value] :
+         {std::pair{&worst_measured, measured},
+          std::pair{&worst_estimate, estimate}}) {
+      auto& w = (*worst)[candidate];
+      if (w.first.empty() || value > w.second)
+        w = {layer, value};
+    }
+    if (candidate == "q4_0" && layer != "model.layers.0.mlp.down_proj") {
+      runner_up_measured = std::max(runner_up_measured, measured);
+      runner_up_estimate = std::max(runner_up_estimate, estimate);
+    }
+  }
+  EXPECT_EQ(rows, 14 * 2); // 7 Linear layers per decoder layer, 2 candidates
+  EXPECT_EQ(total_weights, 368640);
+  for (const auto* worst : {&worst_measured, &worst_estimate})
+    EXPECT_EQ(worst->at("q4_0").first, "model.layers.0.mlp.down_proj");
+  // By a wide margin, not by a rounding: the next layer is far below.
+  EXPECT_GT(worst_measured.at("q4_0").second, 10 * runner_up_measured);
+  EXPECT_GT(worst_estimate.at("q4_0").second, 3 * runner_up_estimate)
+      << worst_estimate.at("q4_0").second << " vs " << runner_up_estimate;
+  EXPECT_DOUBLE_EQ(bits.at("model.layers.0.mlp.down_proj q4_0"), 4.5);
+  EXPECT_DOUBLE_EQ(bits.at("model.layers.0.mlp.down_proj q8_0"), 8.5);
+  EXPECT_TRUE(fs::exists(temp_ / "sensitivity/sensitivity.png"));
+  EXPECT_TRUE(fs::exists(temp_ / "sensitivity/sensitivity.md"));
+
+  // The scheme: a rule per layer, within the budget, the fragile layer at
+  // Q8_0.
+  const auto mixed =
+      kjv("mixed",
+          {"+trainer.float.load=" + (temp_ / "fragile.safetensors"),
+           "quant@quant.q4_0=" + (temp_ / "sensitivity/mixed_precision")});
+  const QuantConfig config = recipe::quant_config(mixed, "quant.q4_0");
+  ASSERT_EQ(config.rules.size(), 14u);
+  double stored = 0;
+  std::map<std::string, std::string> chosen;
+  for (const auto& rule : config.rules) {
+    const std::string type =
+        rule.specs->weight->spec().gguf() == GgufRule::q8_0 ? "q8_0" : "q4_0";
+    chosen[rule.pattern] = type;
+    stored += bits.at(rule.pattern + " " + type) * weights_of.at(rule.pattern);
+  }
+  EXPECT_EQ(chosen.at("model.layers.0.mlp.down_proj"), "q8_0");
+  EXPECT_LE(stored / total_weights, 5.0);
+  run(mixed, {}, {"float", "qat", "export"});
+  const auto exported = gguf::File::read(temp_ / "mixed/export/q4_0.gguf");
+  int64_t q8 = 0;
+  for (const auto& t : exported.tensors()) {
+    if (t.name == "blk.0.ffn_down.weight") {
+      EXPECT_EQ(t.type, gguf::TensorType::q8_0);
+    }
+    q8 += t.type == gguf::TensorType::q8_0 ? 1 : 0;
+  }
+  EXPECT_EQ(q8, std::count_if(chosen.begin(), chosen.end(), [](const auto& c) {
+              return c.second == "q8_0";
+            }));
+
+  // A budget below every layer at Q4_0: refused by key, with the least
+  // there is.
+  const std::string message = testing::error_message<RecipeError>([&] {
+    run(kjv("too_small",
+            {"+trainer.float.load=" + (temp_ / "fragile.safetensors"),
+             "+trainer.sensitivity.budget_bits=4.0",
+             "+trainer.sensitivity.measure=false"}),
+        {},
+        {"float", "sensitivity"});
+  });
+  EXPECT_NE(message.find("trainer.sensitivity.budget_bits"), std::string::npos)
+      << message;
+  EXPECT_NE(
+      message.find("a budget of 4.000 bits per weight is below the smallest "
+                   "choice, 4.500"),
+      std::string::npos)
+      << message;
+}
+
+TEST(MixedPrecision, SpendsTheBudgetWhereItSavesMostLoss) {
+  // Three layers, candidates (4.5, 6.5, 8.5) bits; layer b is fragile.
+  const std::vector<LayerChoices> layers = {
+      {"a", 100, {4.5, 6.5, 8.5}, {1.0, 0.4, 0.3}},
+      {"b", 100, {4.5, 6.5, 8.5}, {9.0, 1.0, 0.1}},
+      {"c", 200, {4.5, 6.5, 8.5}, {0.5, 0.45, 0.44}}};
+  const auto at = [&](double budget) {
+    return choose_mixed_precision(layers, budget);
+  };
+  EXPECT_EQ(at(4.5).choice, (std::vector<int>{0, 0, 0}));
+  EXPECT_EQ(at(8.5).choice, (std::vector<int>{2, 2, 2}));
+  // 200 extra bits: b to 6.5 first (4 per bit), then b to 8.5 (0.45 per bit).
+  EXPECT_EQ(at(5.0).choice, (std::vector<int>{0, 1, 0}));
+  EXPECT_EQ(at(5.5).choice, (std::vector<int>{0, 2, 0}));
+  EXPECT_NEAR(at(5.5).average_bits, 5.5, 1e-12);
+  // Against every assignment that fits, at budgets between the candidates.
+  for (double budget = 4.5; budget <= 8.5; budget += 0.25) {
+    const auto mix = at(budget);
+    EXPECT_LE(mix.average_bits, budget + 1e-12);
+    double best = 1e9;
+    for (int i = 0; i < 27; ++i) {
+      const int c[3] = {i % 3, i / 3 % 3, i / 9};
+      double bits = 0, loss = 0;
+      for (int k = 0; k < 3; ++k) {
+        bits += layers[k].bits[c[k]] * layers[k].weights;
+        loss += layers[k].loss[c[k]];
+      }
+      if (bits <= budget * 400 + 1e-9)
+        best = std::min(best, loss);
+    }
+    // The greedy solution is optimal here up to the one upgrade the budget
+    // cuts; on this instance it is within 0.5 of the optimum.
+    EXPECT_LE(mix.loss, best + 0.5) << budget;
+    EXPECT_GE(mix.loss, best - 1e-12) << budget;
+  }
+  EXPECT_TRUE(testing::throws_with<std::invalid_argument>(
+      [&] { at(4.0); },
+      "a budget of 4.000 bits per weight is below the smallest choice, 4.500"));
 }
 
 // -- distributed --------------------------------------------------------------

@@ -6,6 +6,8 @@
 //   qat export RECIPE --checkpoint FILE --scheme NAME --out FILE
 //              [--format native|gguf|onnx|compressed-tensors]
 //   qat info RECIPE [--scheme NAME]
+//   qat sensitivity RECIPE [KEY=VALUE ...]    float model + per-layer
+//              sensitivity (and a mixed-precision scheme under a budget)
 //
 // Data-parallel training runs the same command in every process:
 //   torchrun --no-python --nproc-per-node 8 build/qat train RECIPE ...
@@ -116,6 +118,14 @@ int main(int argc, char** argv) {
   calibrate->add_flag(
       "--resume", c.resume, "reuse the float model's checkpoints in run.dir");
 
+  auto* sensitivity = app.add_subcommand(
+      "sensitivity",
+      "float model, each layer's loss increase at each of "
+      "trainer.sensitivity.candidates (table and plot in run.dir), and with "
+      "trainer.sensitivity.budget_bits a mixed-precision scheme");
+  add_recipe_arguments(sensitivity, c);
+  sensitivity->add_flag(
+      "--resume", c.resume, "reuse the float model's checkpoints in run.dir");
   auto* eval =
       app.add_subcommand("eval", "evaluate a checkpoint on the recipe's data");
   add_recipe_arguments(eval, c);
@@ -198,6 +208,8 @@ int main(int argc, char** argv) {
       job.run();
     } else if (calibrate->parsed()) {
       job.run({"float", "ptq", "eval"});
+    } else if (sensitivity->parsed()) {
+      job.run({"float", "sensitivity"});
     } else if (eval->parsed()) {
       print_result(job.evaluate_checkpoint(c.checkpoint, c.scheme));
     } else if (exporter->parsed()) {

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <set>
 
-#include "qat/calibration/gptq.h"
 #include "qat/convert.h"
 #include "qat/fake_quant.h"
 #include "trainers/checkpoint.h"
@@ -119,83 +118,6 @@ Model JobContext::copy_of_float(const std::string& scheme_name) {
     prepare(*model, scheme(scheme_name, *model));
   ranks.make_data_parallel(*model);
   return model;
-}
-
-std::string calibration_method(
-    const recipe::Recipe& recipe,
-    const std::string& key) {
-  const auto method = recipe.get<std::string>(key, "rtn");
-  if (method != "rtn" && method != "gptq")
-    recipe.fail_at(key, "expected rtn or gptq, got '" + method + "'");
-  return method;
-}
-
-void JobContext::calibrate(
-    torch::nn::Module& model,
-    int64_t batches,
-    const std::string& method_key) {
-  ranks.set_activity("calibration");
-  if (batches == 0)
-    batches = recipe.get<int64_t>("trainer.calibration_batches", 16);
-  model.eval();
-  const auto run_batches = [&] {
-    for (int64_t b = 0; b < batches; ++b)
-      task().forward(model, task().calibration_batch(b).inputs);
-  };
-  if (method_key.empty() || calibration_method(recipe, method_key) == "rtn") {
-    qat::calibrate(model, run_batches);
-    return;
-  }
-  const auto gptq_options =
-      GptqOptions()
-          .damp(recipe.get<double>("trainer.gptq.damp", 0.01))
-          .block_size(recipe.get<int64_t>("trainer.gptq.block_size", 128))
-          .act_order(recipe.get<bool>("trainer.gptq.act_order", false));
-  GptqHooks hooks;
-  if (ranks.size() > 1) {
-    hooks.sum_over_ranks = [&](torch::Tensor& t) {
-      ranks.group().all_reduce(t, ReduceOp::sum, "gptq's Hessians");
-    };
-  }
-  const auto start = std::chrono::steady_clock::now();
-  int64_t done = 0, raised = 0;
-  std::vector<double> ratios;
-  hooks.progress = [&](const GptqLayerReport& r) {
-    ++done;
-    ratios.push_back(r.error_vs_rtn);
-    raised += r.damp > gptq_options.damp() ? 1 : 0;
-    if (r.tokens < r.inputs) {
-      options.warn(
-          "gptq: " + r.name + " saw " + std::to_string(r.tokens) +
-          " calibration tokens for " + std::to_string(r.inputs) +
-          " inputs: its Hessian is rank-deficient and the damping decides "
-          "the rest; raise trainer.calibration_batches");
-    }
-    if (ranks.is_main() && (done % 20 == 0)) {
-      std::printf(
-          "gptq: %lld layers done (%s: output error %.2f of rtn's)\n",
-          static_cast<long long>(done),
-          r.name.c_str(),
-          r.error_vs_rtn);
-      std::fflush(stdout);
-    }
-  };
-  calibrate_gptq(model, run_batches, gptq_options, hooks);
-  if (ranks.is_main() && !ratios.empty()) {
-    std::sort(ratios.begin(), ratios.end());
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-            .count();
-    std::printf(
-        "gptq: %lld Linear layers in %.1f s; output error on the calibration "
-        "inputs against round to nearest's: median %.3f, max %.3f; damping "
-        "raised in %lld\n",
-        static_cast<long long>(done),
-        seconds,
-        ratios[ratios.size() / 2],
-        ratios.back(),
-        static_cast<long long>(raised));
-  }
 }
 
 Metrics JobContext::evaluate(torch::nn::Module& model, Split split) {

@@ -56,13 +56,14 @@ struct JobContext {
   Model copy_of_float(const std::string& scheme_name);
   // Observers see `batches` calibration batches (0: the recipe's
   // trainer.calibration_batches), and the weights are then calibrated by the
-  // method the recipe names at `method_key` (trainer.ptq.method,
-  // trainer.qat.init; "" or rtn: the observers' scales, round to nearest;
-  // gptq: qat/calibration/gptq.h with trainer.gptq's options).
+  // method the recipe names for `scheme_name` at `method_key`
+  // (trainer.ptq.method, trainer.qat.init; see calibration_method). The
+  // methods live in trainers/job/calibration.cpp.
   void calibrate(
       torch::nn::Module& model,
       int64_t batches = 0,
-      const std::string& method_key = "");
+      const std::string& method_key = "",
+      const std::string& scheme_name = "");
   // The model's metrics on `split`, in eval mode, its observers untouched.
   Metrics evaluate(torch::nn::Module& model, Split split);
   // What `model` (prepared with `scheme_name`, "" for float) serves:
@@ -87,11 +88,20 @@ struct JobContext {
   std::unique_ptr<Task> task_;
 };
 
-// The calibration method at `key` (rtn when absent), or the recipe's error
-// naming the key and the methods there are.
+// The calibration method for `scheme_name` at `key`: rtn (the default, round
+// to nearest with the observers' scales), gptq, awq or smoothquant
+// (qat/calibration/), one for every scheme or a map from scheme name to
+// method. Otherwise the recipe's error naming the key and the methods.
 std::string calibration_method(
     const recipe::Recipe& recipe,
-    const std::string& key);
+    const std::string& key,
+    const std::string& scheme_name);
+// Checks the methods at `key` for the schemes the stage lists: a map's keys
+// must be among them.
+void check_calibration_methods(
+    const recipe::Recipe& recipe,
+    const std::string& key,
+    const std::vector<std::string>& schemes);
 
 // "a, b, c"
 std::string join_names(const std::vector<std::string>& names);

@@ -2,6 +2,10 @@
 //
 //   float    stage_float.cpp    trains (or loads, or takes as built) the float
 //                               model and records it
+//   sensitivity stage_sensitivity.cpp  each layer's loss increase alone at
+//                               each trainer.sensitivity.candidates, and a
+//                               mixed-precision scheme under a bit budget
+//                               (`qat sensitivity`; not in a default run)
 //   ptq      stage_ptq.cpp      for each trainer.ptq.schemes: a prepared copy
 //                               of the float model, calibrated, recorded
 //   qat      stage_qat.cpp      the float model fine-tuned as the baseline
@@ -44,6 +48,7 @@ std::unique_ptr<Stage> make_stage(
     const std::string& name);
 
 std::unique_ptr<Stage> make_float_stage();
+std::unique_ptr<Stage> make_sensitivity_stage();
 std::unique_ptr<Stage> make_ptq_stage();
 std::unique_ptr<Stage> make_qat_stage();
 std::unique_ptr<Stage> make_eval_stage();

@@ -5,14 +5,15 @@ namespace {
 
 // Post-training quantization: each scheme prepared on a copy of the float
 // model, its observers calibrated (and its weights by trainer.ptq.method:
-// rtn, or gptq), no training.
+// rtn, gptq, awq or smoothquant, for all schemes or per scheme), no training.
 class PtqStage : public Stage {
  public:
   std::vector<std::string> check(
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
-    calibration_method(recipe, "trainer.ptq.method");
-    return checked_schemes(recipe, "trainer.ptq.schemes");
+    auto schemes = checked_schemes(recipe, "trainer.ptq.schemes");
+    check_calibration_methods(recipe, "trainer.ptq.method", schemes);
+    return schemes;
   }
 
   void run(JobContext& job) const override {
@@ -20,8 +21,9 @@ class PtqStage : public Stage {
     for (const auto& name :
          job.recipe.get<std::vector<std::string>>("trainer.ptq.schemes")) {
       auto model = job.copy_of_float(name);
-      job.calibrate(*model, 0, "trainer.ptq.method");
-      const auto method = calibration_method(job.recipe, "trainer.ptq.method");
+      job.calibrate(*model, 0, "trainer.ptq.method", name);
+      const auto method =
+          calibration_method(job.recipe, "trainer.ptq.method", name);
       job.record(
           "PTQ " + name + (method == "rtn" ? "" : " (" + method + ")"),
           "ptq." + name,

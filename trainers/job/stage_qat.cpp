@@ -5,16 +5,18 @@ namespace qat::train {
 namespace {
 
 // Quantization-aware training: for each scheme, a prepared copy of the float
-// model, calibrated (trainer.qat.init: rtn, or gptq), then fine-tuned with fake-quant (and distillation from
-// the float model when trainer.qat.distill asks for it).
+// model, calibrated (trainer.qat.init: rtn, gptq, awq or smoothquant, for all
+// schemes or per scheme), then fine-tuned with fake-quant (and distillation
+// from the float model when trainer.qat.distill asks for it).
 class QatStage : public Stage {
  public:
   std::vector<std::string> check(
       const recipe::Recipe& recipe,
       const std::vector<std::string>&) const override {
     LoopConfig::read(recipe, "trainer.qat");
-    calibration_method(recipe, "trainer.qat.init");
-    return checked_schemes(recipe, "trainer.qat.schemes");
+    auto schemes = checked_schemes(recipe, "trainer.qat.schemes");
+    check_calibration_methods(recipe, "trainer.qat.init", schemes);
+    return schemes;
   }
 
   void run(JobContext& job) const override {
@@ -36,7 +38,7 @@ class QatStage : public Stage {
     for (const auto& name :
          job.recipe.get<std::vector<std::string>>("trainer.qat.schemes")) {
       auto model = job.copy_of_float(name);
-      job.calibrate(*model, 0, "trainer.qat.init");
+      job.calibrate(*model, 0, "trainer.qat.init", name);
       train(
           job,
           "qat." + name,

@@ -12,6 +12,7 @@ using Maker = std::unique_ptr<Stage> (*)();
 const std::vector<std::pair<std::string, Maker>>& stage_table() {
   static const std::vector<std::pair<std::string, Maker>> table = {
       {"float", make_float_stage},
+      {"sensitivity", make_sensitivity_stage},
       {"ptq", make_ptq_stage},
       {"qat", make_qat_stage},
       {"eval", make_eval_stage},

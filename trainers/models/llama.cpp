@@ -406,6 +406,48 @@ torch::Tensor LlamaForCausalLMImpl::head(const torch::Tensor& hidden) {
   return F::linear(hidden, embed.effective_weight(embed.weight));
 }
 
+std::vector<ScaleFoldPoint> LlamaForCausalLMImpl::scale_fold_points() {
+  std::vector<ScaleFoldPoint> points;
+  const auto reader = [](const std::string& name, QuantLinear& layer) {
+    return std::pair<std::string, QuantLinearImpl*>(name, layer.get());
+  };
+  for (size_t i = 0; i < model->layers->size(); ++i) {
+    auto& layer = *model->layers->ptr(i)->as<LlamaDecoderLayerImpl>();
+    auto& attention = *layer.self_attn;
+    auto& mlp = *layer.mlp;
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    points.push_back(
+        {prefix + "input_layernorm",
+         layer.input_layernorm->weight,
+         {},
+         {reader(prefix + "self_attn.q_proj", attention.q_proj),
+          reader(prefix + "self_attn.k_proj", attention.k_proj),
+          reader(prefix + "self_attn.v_proj", attention.v_proj)}});
+    if (config_.num_key_value_heads() == config_.num_attention_heads()) {
+      points.push_back(
+          {prefix + "self_attn.v_proj",
+           attention.v_proj->weight,
+           attention.v_proj->bias,
+           {reader(prefix + "self_attn.o_proj", attention.o_proj)}});
+    }
+    points.push_back(
+        {prefix + "post_attention_layernorm",
+         layer.post_attention_layernorm->weight,
+         {},
+         {reader(prefix + "mlp.gate_proj", mlp.gate_proj),
+          reader(prefix + "mlp.up_proj", mlp.up_proj)}});
+    points.push_back(
+        {prefix + "mlp.up_proj",
+         mlp.up_proj->weight,
+         mlp.up_proj->bias,
+         {reader(prefix + "mlp.down_proj", mlp.down_proj)}});
+  }
+  if (!lm_head.is_empty())
+    points.push_back(
+        {"model.norm", model->norm->weight, {}, {reader("lm_head", lm_head)}});
+  return points;
+}
+
 torch::Tensor LlamaForCausalLMImpl::generate(
     const torch::Tensor& prompt,
     int64_t max_new_tokens,

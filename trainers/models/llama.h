@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "qat/calibration/scale_folding.h"
 #include "qat/export/compressed_tensors.h"
 #include "qat/modules/embedding.h"
 #include "qat/modules/kv_cache.h"
@@ -193,7 +194,7 @@ class LlamaModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaModel);
 
-class LlamaForCausalLMImpl : public torch::nn::Module {
+class LlamaForCausalLMImpl : public torch::nn::Module, public ScaleFoldable {
  public:
   explicit LlamaForCausalLMImpl(LlamaConfig config);
   // Next-token logits [batch, time, vocab] for int64 tokens [batch, time];
@@ -213,6 +214,13 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   const LlamaConfig& config() const {
     return config_;
   }
+  // Where AWQ and SmoothQuant fold scales, per layer in forward order:
+  // input_layernorm -> q/k/v_proj; v_proj -> o_proj (only without grouped
+  // heads: with them o_proj reads each value channel several times);
+  // post_attention_layernorm -> gate/up_proj; up_proj -> down_proj (down
+  // reads silu(gate) * up, linear in up's rows); and model.norm -> lm_head
+  // when the head is not tied to the embedding.
+  std::vector<ScaleFoldPoint> scale_fold_points() override;
 
   LlamaModel model{nullptr};
   QuantLinear lm_head{nullptr}; // empty with tied embeddings
