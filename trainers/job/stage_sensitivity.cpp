@@ -197,6 +197,16 @@ class SensitivityStage : public Stage {
     return nullptr;
   }
 
+  static void set_layer_fake_quant(QuantizedLayer& layer, bool enabled) {
+    for (FakeQuantizer* q :
+         {&layer.quantizers.weight,
+          &layer.quantizers.input,
+          &layer.quantizers.output}) {
+      if (!q->is_empty())
+        (*q)->enable_fake_quant(enabled);
+    }
+  }
+
   // One candidate's columns of one layer's row.
   static void measure_layer(
       JobContext& job,
@@ -223,12 +233,7 @@ class SensitivityStage : public Stage {
       row.measured.push_back(0);
       return;
     }
-    for (FakeQuantizer* q :
-         {&layer.quantizers.weight,
-          &layer.quantizers.input,
-          &layer.quantizers.output})
-      if (!q->is_empty())
-        (*q)->enable_fake_quant(true);
+    set_layer_fake_quant(layer, true);
     double loss = 0;
     for (int64_t b = 0; b < batches; ++b) {
       const Batch batch = job.task().calibration_batch(b);
@@ -237,12 +242,7 @@ class SensitivityStage : public Stage {
                   .item<double>() /
           batches;
     }
-    for (FakeQuantizer* q :
-         {&layer.quantizers.weight,
-          &layer.quantizers.input,
-          &layer.quantizers.output})
-      if (!q->is_empty())
-        (*q)->enable_fake_quant(false);
+    set_layer_fake_quant(layer, false);
     row.measured.push_back(loss - float_loss);
   }
 
