@@ -72,7 +72,8 @@ model load and the evaluation are not in it). The result is evaluated in
 compressed-tensors' fake-quant form: oneshot leaves every quantized Linear
 frozen with its scheme, scales and zero points, and its forward quantizes and
 dequantizes the weight (and, for W8A8, the input per token) on every call.
-Nothing is saved (oneshot gets no output_dir).
+Nothing is saved (oneshot gets no output_dir). On CPU, AWQ needs one
+workaround (cpu_pinning_workaround below: its pin_memory() needs a CUDA driver).
 
 Output: a markdown table (method | scheme | calibration s | test perplexity)
 with the versions, torch.get_num_threads() and the command, and the same as
@@ -253,6 +254,19 @@ def quant_check(model):
             else m.quantization_scheme.input_activations.model_dump(mode="json")}
 
 
+def cpu_pinning_workaround():
+    """llmcompressor 0.14.0.1's AWQModifier._apply_smoothing calls
+    IntermediatesCache.pin_memory on every cached batch, unconditionally; on a
+    machine without an NVIDIA driver Tensor.pin_memory() raises "Found no
+    NVIDIA driver on your system". Pinning only speeds up host-to-GPU copies,
+    so without an accelerator it is made a no-op (nothing else changes)."""
+    if torch.accelerator.is_available():
+        return False
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    IntermediatesCache.pin_memory = lambda self, *a, **k: None
+    return True
+
+
 def run_method(method, tokenizer, calib_rows, test, eval_windows):
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -293,6 +307,7 @@ def main():
     command = " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
 
     wait_for_model(MODEL)
+    patched = cpu_pinning_workaround()
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
@@ -340,7 +355,7 @@ def main():
         "transformers": md.version("transformers"),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
+        "cores": os.cpu_count(), "cpu_pinning_workaround": patched, "loadavg_at_end": os.getloadavg(),
         "model": MODEL,
         "data": {
             "source": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
