@@ -201,6 +201,16 @@ void calibrate_by_smoothquant(
   }
 }
 
+// Where the method for `scheme_name` is written: `key` itself when it names
+// one method for every scheme, key.<scheme> when it is a map.
+std::string scheme_method_key(
+    const recipe::Recipe& recipe,
+    const std::string& key,
+    const std::string& scheme_name) {
+  return !recipe.has(key) || recipe.is_scalar(key) ? key
+                                                   : key + "." + scheme_name;
+}
+
 } // namespace
 
 std::string calibration_method(
@@ -209,7 +219,7 @@ std::string calibration_method(
     const std::string& scheme_name) {
   if (!recipe.has(key))
     return "rtn";
-  const std::string at = recipe.is_scalar(key) ? key : key + "." + scheme_name;
+  const std::string at = scheme_method_key(recipe, key, scheme_name);
   const auto method = recipe.get<std::string>(at, "rtn");
   check_method(recipe, at, method);
   return method;
@@ -251,9 +261,9 @@ void JobContext::calibrate(
   const std::string method = method_key.empty()
       ? "rtn"
       : calibration_method(recipe, method_key, scheme_name);
-  std::string key = method_key;
-  if (!key.empty() && recipe.has(key) && !recipe.is_scalar(key))
-    key += "." + scheme_name;
+  const std::string key = method_key.empty()
+      ? method_key
+      : scheme_method_key(recipe, method_key, scheme_name);
   if (method == "gptq")
     calibrate_by_gptq(*this, model, run_batches);
   else if (method == "awq")
